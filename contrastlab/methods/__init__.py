@@ -1,0 +1,1 @@
+"""The methods, one folder each. `registry.get(name)` maps a method name to its class."""

@@ -1,0 +1,89 @@
+"""The Method contract: what the platform's training loop needs from a method.
+
+A method is an `nn.Module` (so queues, memory banks, pseudo-labels and rehearsal ids are
+persistent buffers: they land in `state_dict()` and therefore in every checkpoint) that also
+satisfies the `Method` protocol below. The loop owns DDP, precision, optimiser stepping,
+checkpoints, resume, logging and reporting; the method owns its maths. Composition over
+inheritance: there is deliberately no big base class, only this protocol and `OptimSpec`.
+
+Lifecycle, driven by `contrastlab.platform.train`:
+
+    method = MethodClass(cfg)                 # cfg: MethodClass.Config instance
+    specs = method.optimizers()               # loop builds torch optimisers + LR schedules
+    for phase in method.phases() (optional):  # default: one phase, "main"
+        method.on_phase_start(ctx)            # optional
+        for epoch:
+            method.on_epoch_start(ctx)        # optional (e.g. clustering via ctx.extract)
+            for batch in train shard:         # batch: dict of torch tensors on ctx.device
+                logs = method.train_step(batch, ctx)   # calls ctx.step(loss, "main") itself
+                method.after_step(ctx)        # optional
+            method.on_epoch_end(ctx)          # optional
+            metrics = method.evaluate(eval_batches, ctx)   # every rank calls it
+        method.on_phase_end(ctx)              # optional
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+NumpyBatch = dict[str, np.ndarray]
+BatchFn = Callable[[NumpyBatch], NumpyBatch]
+
+
+@dataclass
+class OptimSpec:
+    """How the loop should build one optimiser and its learning-rate schedule.
+
+    `modules`: the modules whose parameters this optimiser steps (keys of `trainable()`).
+    Parameters with `ndim <= 1` (biases, norm weights, temperatures) get no weight decay when
+    `no_decay_1d` is set, as in CLIP/DeCLIP/MoCo recipes; `no_decay_names` adds more by name.
+    """
+
+    modules: list[str]
+    kind: str = "adamw"  # adamw | adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = False
+    schedule: str = "cosine"  # cosine | constant
+    warmup_fraction: float = 0.0  # of total steps, linear from warmup_start_factor*lr to lr
+    warmup_start_factor: float = 0.0
+    min_lr_factor: float = 0.0
+    no_decay_1d: bool = True
+    no_decay_names: tuple[str, ...] = ()
+    clip_grad_norm: float = 0.0  # 0 = off; else overrides the run-level clip for this optimiser
+
+
+@runtime_checkable
+class Method(Protocol):
+    Config: type
+    name: str
+    modality: str  # which shard schema it reads: image-text | image | video | product | hsi | segmentation
+    train_defaults: dict[str, Any]  # overrides of TrainConfig defaults (batch size, epochs, ...)
+
+    def preprocess(self, split: str) -> BatchFn: ...
+
+    def trainable(self) -> dict[str, nn.Module]: ...
+
+    def optimizers(self) -> dict[str, OptimSpec]: ...
+
+    def train_step(self, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, float]: ...
+
+    def evaluate(self, eval_batches: Callable[[], Iterable[dict[str, torch.Tensor]]], ctx: Any) -> dict[str, float]: ...
+
+    def search_space(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class EvalSpec:
+    """What a method reports: the metric sweeps optimise, and its direction."""
+
+    metric: str
+    mode: str = "max"
+    extra: list[str] = field(default_factory=list)

@@ -1,0 +1,23 @@
+"""Method name -> class. Imports lazily so `contrastlab --help` stays fast."""
+from __future__ import annotations
+
+import importlib
+
+METHODS = {
+    "clip": "contrastlab.methods.clip.method:CLIP",
+}
+
+
+def register(name: str, target: str) -> None:
+    METHODS[name] = target
+
+
+def get_method(name: str):
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: available methods are {', '.join(sorted(METHODS))}")
+    module, attr = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def available() -> list[str]:
+    return sorted(METHODS)

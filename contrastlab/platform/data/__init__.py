@@ -1,0 +1,1 @@
+"""Shards: schemas, writers, codecs, Ray Data readers and the bad-sample policy."""

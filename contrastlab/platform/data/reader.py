@@ -1,0 +1,268 @@
+"""Ray Data ingest: webdataset shards -> per-sample decode + the method's CPU preprocessing.
+
+Reading uses a `FileBasedDatasource` over the tar stream (the same streaming read as
+`ray.data.read_webdataset`), written here so that a truncated or corrupt tar is attributed to its
+shard and last good key, and handled by the run's bad-sample policy instead of failing a read task
+with a bare `tarfile` error. Each row carries the raw member bytes; decoding and augmentation run
+in `map_batches` on CPU tasks, one sample at a time so a failure names its shard and key.
+
+Augmentation randomness is a function of (run seed, epoch, sample key): reproducible whatever the
+batching or task placement, fresh every epoch. The epoch comes from the run's `RunState` actor,
+which the training loop advances; the same actor counts skipped samples for the end-of-epoch report.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+import zlib
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .codecs import DecodeError, decode_jpeg, decode_json, decode_npy, decode_png, decode_text
+
+log = logging.getLogger(__name__)
+
+SampleFn = Callable[[dict, np.random.Generator], dict]
+
+READ_CHUNK_ROWS = 256
+
+
+class BadSampleError(RuntimeError):
+    """A sample (or a whole shard) could not be read under the `raise` policy."""
+
+
+def bad_sample_message(shard: str, key: str | None, reason: str) -> str:
+    where = f"shard {shard}" + (f", key {key}" if key else "")
+    return (
+        f"bad sample in {where}: {reason}. Fix or remove it, or run with --set data.bad_samples=skip "
+        f"to skip such samples (they are counted and reported each epoch)."
+    )
+
+
+# --------------------------------------------------------------------------- run state actor
+class RunState:
+    """A tiny actor per run: the current epoch (for augmentation seeds) and the skipped-sample log."""
+
+    def __init__(self):
+        self.epoch = 0
+        self.skipped: list[tuple[int, str, str, str]] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def get_epoch(self) -> int:
+        return self.epoch
+
+    def report_skip(self, shard: str, key: str, reason: str) -> None:
+        self.skipped.append((self.epoch, shard, key, reason))
+
+    def skipped_in_epoch(self, epoch: int) -> list[tuple[str, str, str]]:
+        return [(s, k, r) for e, s, k, r in self.skipped if e == epoch]
+
+
+def get_or_create_run_state(name: str):
+    import ray
+
+    actor_cls = ray.remote(num_cpus=0, max_restarts=-1)(RunState)
+    return actor_cls.options(name=name, get_if_exists=True, lifetime=None).remote()
+
+
+_ACTOR_CACHE: dict[str, Any] = {}
+
+
+def _run_state(name: str | None):
+    if not name:
+        return None
+    if name not in _ACTOR_CACHE:
+        import ray
+
+        try:
+            _ACTOR_CACHE[name] = ray.get_actor(name)
+        except ValueError:
+            _ACTOR_CACHE[name] = None
+    return _ACTOR_CACHE[name]
+
+
+def _handle_bad(policy: str, run_state_name: str | None, shard: str, key: str | None, reason: str) -> None:
+    if policy == "raise":
+        raise BadSampleError(bad_sample_message(shard, key, reason))
+    log.warning("skipping %s", bad_sample_message(shard, key, reason).split(". Fix")[0])
+    actor = _run_state(run_state_name)
+    if actor is not None:
+        actor.report_skip.remote(shard, key or "", reason)
+
+
+# --------------------------------------------------------------------------- reading tars
+def iter_tar_samples(stream, shard: str, policy: str, run_state_name: str | None = None) -> Iterator[dict]:
+    """Group contiguous `key.ext` members into samples {"__key__", "__url__", ext: bytes}."""
+    current: dict | None = None
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                base = info.name.rsplit("/", 1)[-1]
+                if "." not in base or base.startswith("."):
+                    continue
+                key, ext = base.split(".", 1)
+                key = info.name[: len(info.name) - len(base)] + key
+                data = tar.extractfile(info).read()
+                if current is None or current["__key__"] != key:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key, "__url__": shard}
+                current[ext.lower()] = data
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        last = current["__key__"] if current else None
+        # The sample being read when the stream broke may be incomplete: never pass it on.
+        _handle_bad(policy, run_state_name, shard, last, f"truncated or corrupt tar ({type(exc).__name__}: {exc}); "
+                    f"{'the rest of this shard is unreadable' if last else 'no sample could be read'}")
+        return
+    if current is not None:
+        yield current
+
+
+def make_datasource(paths: list[str], policy: str, run_state_name: str | None, filesystem=None, shuffle_files: bool = False, seed: int = 0):
+    from ray.data.datasource import FileBasedDatasource
+
+    class ShardDatasource(FileBasedDatasource):
+        _FILE_EXTENSIONS = ["tar"]
+
+        def __init__(self):
+            shuffle = None
+            if shuffle_files:
+                from ray.data import FileShuffleConfig
+
+                shuffle = FileShuffleConfig(seed=seed)
+            super().__init__(paths, filesystem=filesystem, shuffle=shuffle)
+
+        def _read_stream(self, f, path: str):
+            import pandas as pd
+
+            rows = []
+            for sample in iter_tar_samples(f, path, policy, run_state_name):
+                rows.append(sample)
+                if len(rows) >= READ_CHUNK_ROWS:
+                    yield pd.DataFrame.from_records(rows)
+                    rows = []
+            if rows:
+                yield pd.DataFrame.from_records(rows)
+
+    return ShardDatasource()
+
+
+# --------------------------------------------------------------------------- decoding
+DECODERS: dict[str, Callable[[bytes], Any]] = {
+    "jpg": decode_jpeg,
+    "jpeg": decode_jpeg,
+    "png": decode_png,
+    "txt": decode_text,
+    "json": decode_json,
+    "npy": decode_npy,
+}
+
+
+def decode_member(ext: str, data: bytes):
+    """Decode a member by extension; `*.json` (e.g. `table.json`) as JSON; others stay bytes (mp4, wav)."""
+    if ext in DECODERS:
+        return DECODERS[ext](data)
+    if ext.endswith(".json"):
+        return decode_json(data)
+    return data
+
+
+def sample_index(key: str, meta: dict | None, shard: str) -> int:
+    """The stable integer index: `index` from the json, else a numeric key (img2dataset keys are
+    zero-padded numbers), else a 63-bit hash of shard basename + key (stable across runs)."""
+    if meta and isinstance(meta.get("index"), int):
+        return int(meta["index"])
+    leaf = key.rsplit("/", 1)[-1]
+    if leaf.isdigit():
+        return int(leaf)
+    import hashlib
+
+    digest = hashlib.blake2b(f"{shard.rsplit('/', 1)[-1]}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
+
+
+class PreprocessBatches:
+    """The `map_batches` function: decode each sample, run the method's per-sample function, stack.
+
+    `sample_fn(sample, rng) -> dict[str, np.ndarray | number]` sees decoded members by extension
+    (`sample["jpg"]` uint8 HxWx3, `sample["txt"]` str, `sample["json"]` dict, ...) plus `index` and
+    `__key__`. It raises `DecodeError` (or KeyError/ValueError) for a bad sample.
+    """
+
+    def __init__(self, sample_fn: SampleFn, required: tuple[str, ...], policy: str, run_state_name: str | None, seed: int, split: str):
+        self.sample_fn, self.required, self.policy = sample_fn, required, policy
+        self.run_state_name, self.seed, self.split = run_state_name, seed, split
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        epoch = 0
+        if self.split == "train":
+            actor = _run_state(self.run_state_name)
+            if actor is not None:
+                import ray
+
+                epoch = ray.get(actor.get_epoch.remote())
+        keys, urls = batch["__key__"], batch["__url__"]
+        columns = [c for c in batch if not c.startswith("__")]
+        outputs: list[dict] = []
+        for row in range(len(keys)):
+            key, shard = str(keys[row]), str(urls[row])
+            try:
+                sample = {"__key__": key}
+                for col in columns:
+                    value = batch[col][row]
+                    if value is None or (isinstance(value, float) and np.isnan(value)):
+                        continue
+                    sample[col] = decode_member(col, value)
+                missing = [m for m in self.required if m not in sample]
+                if missing:
+                    raise DecodeError(f"missing member(s) {missing} that this method needs (present: {sorted(c for c in sample if c != '__key__')})")
+                sample["index"] = sample_index(key, sample.get("json"), shard)
+                out = self.sample_fn(sample, sample_rng(self.seed, epoch, key))
+                out["index"] = np.int64(sample["index"])
+                outputs.append(out)
+            except BadSampleError:
+                raise
+            except (DecodeError, KeyError, ValueError, TypeError) as exc:
+                _handle_bad(self.policy, self.run_state_name, shard, key, f"{type(exc).__name__}: {exc}")
+        if not outputs:
+            return {}
+        return {name: np.stack([o[name] for o in outputs]) for name in outputs[0]}
+
+
+def build_dataset(
+    paths: list[str],
+    sample_fn: SampleFn,
+    *,
+    required: tuple[str, ...] = (),
+    split: str = "train",
+    policy: str = "raise",
+    run_state_name: str | None = None,
+    filesystem=None,
+    seed: int = 0,
+    shuffle_files: bool = False,
+    cpus: float = 0.5,
+    batch_size: int = 128,
+):
+    """shards -> Ray Dataset of preprocessed numpy rows (lazy, streaming)."""
+    import ray.data
+
+    ds = ray.data.read_datasource(
+        make_datasource(paths, policy, run_state_name, filesystem, shuffle_files and split == "train", seed),
+        num_cpus=cpus,
+    )
+    fn = PreprocessBatches(sample_fn, required, policy, run_state_name, seed, split)
+    return ds.map_batches(fn, batch_size=batch_size, batch_format="numpy", num_cpus=cpus, zero_copy_batch=True)
+
+
+def to_json_safe(obj):
+    return json.loads(json.dumps(obj, default=str))

@@ -1,0 +1,196 @@
+"""Driver side of one training run: resolve data, plan resources, build datasets and the TorchTrainer."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+from contrastlab.platform.config import ConfigError, Experiment
+
+
+@dataclass
+class DataPlan:
+    train: list[str]
+    eval: list[str]
+    filesystem: object = None
+    samples_per_epoch: int = 0
+    meta: dict = field(default_factory=dict)
+
+
+def plan_data(exp: Experiment) -> DataPlan:
+    """Shard paths for train/eval: the user's patterns, or the method's embedded dataset."""
+    from contrastlab.methods.registry import get_method
+    from contrastlab.platform.data.paths import manifest_count, resolve_shards
+
+    method_cls = get_method(exp.method_name)
+    meta: dict = {}
+    if exp.data.train:
+        train, fs = resolve_shards(exp.data.train)
+        eval_paths = resolve_shards(exp.data.eval)[0] if exp.data.eval else []
+        meta_file = os.path.join(os.path.dirname(train[0]), "meta.json")
+        if fs is None and os.path.exists(meta_file):
+            meta = json.load(open(meta_file))
+    else:
+        from contrastlab.platform.datasets import ensure_dataset
+
+        name = exp.data.embedded or method_cls.default_dataset
+        ds = ensure_dataset(name, seed=exp.run.seed if getattr(method_cls, "dataset_follows_seed", False) else 0,
+                            cache_dir=exp.data.cache_dir or None, **exp.data.embedded_params)
+        splits = getattr(method_cls, "dataset_splits", {"train": "train", "eval": "test"})
+        train, fs, meta = ds.splits[splits["train"]], None, dict(ds.meta)
+        eval_paths = [] if exp.data.eval == "none" else ds.splits[splits["eval"]]
+    count = exp.data.samples_per_epoch or manifest_count(train)
+    if not count:
+        count = _count_samples(train, fs)
+    return DataPlan(train, eval_paths, fs, count, meta)
+
+
+def _count_samples(paths: list[str], fs) -> int:
+    """One counting pass over the shards (only when neither a manifest nor data.samples_per_epoch says)."""
+    import tarfile
+
+    print(f"[contrastlab] counting samples in {len(paths)} shard(s) (no manifest; set data.samples_per_epoch to skip this)")
+    keys = 0
+    for p in paths:
+        stream = fs.open_input_stream(p) if fs is not None else open(p, "rb")
+        with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            seen = {m.name.rsplit("/", 1)[-1].split(".", 1)[0] for m in tar if m.isreg()}
+        keys += len(seen)
+    return keys
+
+
+def plan_resources(exp: Experiment, cluster_cpus: float, concurrent_trials: int = 1, driver_cpus: float = 0.01) -> None:
+    """Refuse a plan that leaves Ray Data no CPU: Train workers reserve theirs, ingest gets the rest,
+    and with none left the run waits forever with only a warning (ray-notes §9)."""
+    train_cpus = max(exp.run.workers, 1) * exp.run.cpus_per_worker
+    per_trial = train_cpus + driver_cpus
+    left = cluster_cpus - concurrent_trials * per_trial
+    if left < exp.data.preprocess_cpus - 1e-9:
+        raise ConfigError(
+            f"resource plan starves data ingest: {concurrent_trials} concurrent trial(s) x ({exp.run.workers} worker(s) x "
+            f"{exp.run.cpus_per_worker} CPU) leave {left:.2f} of {cluster_cpus:g} CPUs, but each Ray Data task needs "
+            f"{exp.data.preprocess_cpus}. Lower --cpus-per-worker (fractions are fine, e.g. 0.5), use fewer --workers "
+            f"or fewer concurrent trials, lower data.preprocess_cpus, or add CPUs/nodes."
+        )
+
+
+def run_name_ok(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise ConfigError(f"run name {name!r} may only contain letters, digits, '.', '_' and '-'")
+    return name
+
+
+def build_datasets(exp: Experiment, plan: DataPlan, run_state_name: str | None) -> dict:
+    from contrastlab.methods.registry import get_method
+    from contrastlab.platform.data.reader import build_dataset
+
+    method_cls = get_method(exp.method_name)
+    common = dict(policy=exp.data.bad_samples, run_state_name=run_state_name, filesystem=plan.filesystem,
+                  seed=exp.run.seed, cpus=exp.data.preprocess_cpus, batch_size=exp.data.preprocess_batch_size)
+    fn, required = method_cls.make_preprocess(exp.method, "train", plan.meta)
+    datasets = {"train": build_dataset(plan.train, fn, required=required, split="train", shuffle_files=exp.data.shuffle_files, **common)}
+    if plan.eval:
+        fn, required = method_cls.make_preprocess(exp.method, "eval", plan.meta)
+        datasets["eval"] = build_dataset(plan.eval, fn, required=required, split="eval", **common)
+    if getattr(method_cls, "needs_train_features", False):
+        fn, required = method_cls.make_preprocess(exp.method, "eval", plan.meta)
+        datasets["train_eval"] = build_dataset(plan.train, fn, required=required, split="train_eval", **common)
+    return datasets
+
+
+def steps_per_epoch(exp: Experiment, plan: DataPlan) -> int:
+    world = max(exp.run.workers, 1)
+    steps = plan.samples_per_epoch // (exp.train.batch_size * world)
+    if steps < 1:
+        raise ConfigError(
+            f"{plan.samples_per_epoch} training samples cannot fill one global batch of {exp.train.batch_size} x {world} "
+            f"worker(s): lower train.batch_size or use more data"
+        )
+    if exp.train.max_steps_per_epoch:
+        steps = min(steps, exp.train.max_steps_per_epoch)
+    return steps
+
+
+def make_trainer(exp: Experiment, *, name: str, storage: str, plan: DataPlan | None = None, callbacks=None, tb_dir: str | None = None):
+    """A TorchTrainer for this experiment. Stable `name` + `storage` = automatic resume."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from contrastlab.platform.data.reader import get_or_create_run_state
+
+    plan = plan or plan_data(exp)
+    run_state_name = f"contrastlab-runstate-{name}"
+    get_or_create_run_state(run_state_name)
+    datasets = build_datasets(exp, plan, run_state_name)
+    storage_path = storage if "://" in storage else os.path.abspath(os.path.expanduser(storage))
+    loop_config = {
+        "experiment": exp.to_dict(),
+        "steps_per_epoch": steps_per_epoch(exp, plan),
+        "tb_dir": tb_dir or os.path.join(storage_path, name, "tensorboard"),
+        "run_state": run_state_name,
+        "meta": plan.meta,
+        "torch_threads": max(1, int(exp.run.cpus_per_worker)),
+    }
+    scaling = ray.train.ScalingConfig(
+        num_workers=exp.run.workers,
+        use_gpu=exp.run.gpus_per_worker > 0,
+        resources_per_worker={"CPU": exp.run.cpus_per_worker, **({"GPU": exp.run.gpus_per_worker} if exp.run.gpus_per_worker else {})},
+        placement_strategy=exp.run.placement_strategy,
+    )
+    run_config = ray.train.RunConfig(
+        name=name,
+        storage_path=storage_path,
+        callbacks=callbacks or [],
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        failure_config=ray.train.FailureConfig(max_failures=exp.run.max_failures),
+    )
+    data_config = ray.train.DataConfig(datasets_to_split="all")
+    return TorchTrainer(
+        _loop,
+        train_loop_config=loop_config,
+        scaling_config=scaling,
+        run_config=run_config,
+        datasets=datasets,
+        dataset_config=data_config,
+    )
+
+
+def _loop(config: dict) -> None:
+    from contrastlab.platform.train import train_loop_per_worker
+
+    train_loop_per_worker(config)
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0))
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to RAY_ADDRESS / a running cluster, or start a local one bound to 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=True)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def train(exp: Experiment, *, name: str, storage: str) -> dict:
+    """`contrastlab train`: one run (no sweep). Returns the final metrics."""
+    init_ray()
+    plan_resources(exp, cluster_cpus())
+    trainer = make_trainer(exp, name=run_name_ok(name), storage=storage)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return dict(result.metrics or {})

@@ -1,0 +1,506 @@
+"""The training loop: one Ray Train `TorchTrainer` loop that drives any `Method`.
+
+The loop owns data parallelism, precision, optimiser stepping, schedules, checkpoints, resume,
+TensorBoard and reporting; the method owns its maths (see contrastlab/methods/base.py).
+
+Data parallelism: gradients of the *trainable* modules only are averaged across workers with one
+coalesced all-reduce per optimiser step (the DDP semantics), instead of wrapping modules in
+`DistributedDataParallel`. Why: methods call their modules several times per step (two views with
+separate BN statistics), step two optimisers over shared forward passes (C3-GAN) and freeze one
+network during the other's step; DDP's reducer breaks on each of those (unused parameters,
+double-marked gradients) and renames state-dict keys. Momentum/EMA copies are never synced, as in
+open_clip. Parameters are broadcast from rank 0 once at start so every replica starts equal.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from contrastlab.methods.base import OptimSpec
+from contrastlab.platform import distributed as dist_utils
+from contrastlab.platform.config import Experiment
+from contrastlab.platform.tb import TBLogger
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss is NaN/inf: stops the trial with the reason in its result."""
+
+
+class CheckpointMismatchError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------- optimisers
+def _param_groups(modules: list[nn.Module], spec: OptimSpec) -> list[dict]:
+    decay, no_decay, seen = [], [], set()
+    for module in modules:
+        for name, p in module.named_parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            skip = (spec.no_decay_1d and p.ndim <= 1) or any(n in name for n in spec.no_decay_names)
+            (no_decay if skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": spec.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(modules: list[nn.Module], spec: OptimSpec, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    groups = _param_groups(modules, spec)
+    lr = spec.lr * lr_scale
+    if spec.kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=spec.betas, eps=spec.eps)
+    if spec.kind == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=spec.betas, eps=spec.eps)
+    if spec.kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum, nesterov=spec.nesterov)
+    raise ValueError(f"unknown optimiser kind {spec.kind!r}: use adamw, adam or sgd")
+
+
+def lr_factor(step: int, total: int, spec: OptimSpec) -> float:
+    """Linear warm-up from `warmup_start_factor` to 1, then cosine to `min_lr_factor` (or constant)."""
+    warm = int(round(spec.warmup_fraction * total))
+    if step < warm:
+        return spec.warmup_start_factor + (1 - spec.warmup_start_factor) * step / max(1, warm)
+    if spec.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return spec.min_lr_factor + (1 - spec.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------- the step context
+@dataclass
+class StepContext:
+    """What a method sees of the loop. Built by the loop, never by a method."""
+
+    exp: Experiment
+    method: nn.Module
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    step: int = 0  # optimiser steps taken (of the "main" optimiser, or the first one)
+    epoch: int = 0
+    phase: str = "main"
+    total_steps: int = 1
+    steps_per_epoch: int = 1
+    tb: TBLogger | None = None
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    specs: dict[str, OptimSpec] = field(default_factory=dict)
+    scaler: Any = None
+    base_lrs: dict[str, list[float]] = field(default_factory=dict)
+    datasets: dict[str, Callable[[], Iterable]] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # dataset metadata: class names, zero-shot prompts, ...
+    _micro: dict[str, int] = field(default_factory=dict)
+    _opt_steps: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        precision = self.exp.train.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def gather(self, x: torch.Tensor, grad: bool = True) -> torch.Tensor:
+        return dist_utils.gather(x, grad=grad)
+
+    @contextlib.contextmanager
+    def frozen(self, *names: str):
+        """No gradient for these trainable modules inside the block (e.g. D during the G step)."""
+        modules = self.method.trainable()
+        saved = []
+        for name in names:
+            for p in modules[name].parameters():
+                saved.append((p, p.requires_grad))
+                p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in saved:
+                p.requires_grad_(flag)
+
+    def step_optimizer(self, loss: torch.Tensor, name: str = "main") -> None:
+        """Backward, and at each accumulation boundary: sync grads, unscale, clip, step, schedule, zero."""
+        self.check_finite({f"loss/{name}": loss})
+        accumulate = self.exp.train.accumulate
+        scaled = loss / accumulate
+        if self.scaler is not None:
+            scaled = self.scaler.scale(scaled)
+        scaled.backward()
+        self._micro[name] = self._micro.get(name, 0) + 1
+        if self._micro[name] % accumulate:
+            return
+        opt, spec = self.optimizers[name], self.specs[name]
+        params = [p for g in opt.param_groups for p in g["params"]]
+        sync_gradients(params, self.world_size)
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        clip = spec.clip_grad_norm or self.exp.train.grad_clip
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip)
+        hook = getattr(self.method, "before_optimizer_step", None)
+        if hook:
+            hook(name, self)
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        hook = getattr(self.method, "after_optimizer_step", None)
+        if hook:
+            hook(name, self)
+        n = self._opt_steps[name] = self._opt_steps.get(name, 0) + 1
+        factor = lr_factor(n, self.total_steps, spec)
+        for group, base in zip(opt.param_groups, self.base_lrs[name]):
+            group["lr"] = base * factor
+
+    def lr(self, name: str = "main") -> float:
+        return self.optimizers[name].param_groups[0]["lr"]
+
+    def check_finite(self, values: dict) -> None:
+        if not self.exp.train.stop_on_nonfinite:
+            return
+        for k, v in values.items():
+            value = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
+            if not torch.isfinite(value).all():
+                raise NonFiniteLossError(
+                    f"non-finite {k} = {value.item() if value.numel() == 1 else value} at epoch {self.epoch}, "
+                    f"step {self.step} (rank {self.rank}); lower the learning rate, use fp32/bf16, or enable "
+                    f"train.grad_clip. Set train.stop_on_nonfinite=false to continue anyway."
+                )
+
+    def extract(self, split: str, fn: Callable[[dict], torch.Tensor], max_batches: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Run `fn(batch) -> (B, D)` over this worker's part of `split`, gather from every worker.
+
+        Returns (indices sorted ascending, features in that order, other columns {name: array}) on
+        every rank, identical everywhere; duplicates (padding) are dropped by index.
+        """
+        feats, extras = [], {}
+        with torch.no_grad():
+            for i, batch in enumerate(self.datasets[split]()):
+                if max_batches and i >= max_batches:
+                    break
+                out = fn(batch)
+                feats.append(out.detach().float().cpu().numpy())
+                for k, v in batch.items():
+                    if torch.is_tensor(v) and v.ndim == 1:
+                        extras.setdefault(k, []).append(v.cpu().numpy())
+        local = {
+            "feats": np.concatenate(feats) if feats else np.zeros((0, 0), np.float32),
+            **{k: np.concatenate(v) for k, v in extras.items()},
+        }
+        parts = dist_utils.gather_objects(local)
+        merged = {k: np.concatenate([p[k] for p in parts if len(p[k])]) for k in local}
+        if "index" not in merged:
+            raise KeyError("extract needs an `index` column in the batches")
+        order = np.unique(merged["index"], return_index=True)[1]
+        idx = merged["index"][order]
+        return idx, merged["feats"][order], {k: v[order] for k, v in merged.items() if k not in ("feats", "index")}
+
+    def log(self, values: dict, prefix: str = "train/") -> None:
+        if self.tb:
+            self.tb.scalars(values, self.step, prefix)
+
+    def log_images(self, tag: str, images) -> None:
+        if self.tb:
+            self.tb.images(tag, images, self.step)
+
+
+# DESIGN §4 sketched `ctx.step(loss, name)`; here `ctx.step` is the step counter methods read, and
+# stepping an optimiser is `ctx.optimize(loss, name)`.
+StepContext.optimize = StepContext.step_optimizer
+
+
+def sync_gradients(params: list[torch.Tensor], world_size: int) -> None:
+    """Average gradients over workers with one coalesced all-reduce (DDP's semantics)."""
+    if world_size <= 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    flat = _flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat)
+    flat /= world_size
+    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
+def broadcast_parameters(modules: Iterable[nn.Module]) -> None:
+    if not dist_utils.is_distributed():
+        return
+    for module in modules:
+        for t in list(module.parameters()) + list(module.buffers()):
+            torch.distributed.broadcast(t.data, src=0)
+
+
+# --------------------------------------------------------------------------- RNG + checkpoints
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def config_fingerprint(exp: Experiment) -> dict:
+    return {"method_name": exp.method_name, "method": exp.to_dict()["method"]}
+
+
+def save_checkpoint(directory: str, ctx: StepContext, epoch_done: int, step_in_epoch: int, rng_states: list) -> None:
+    """Write state.pt + meta.json into `directory` (a fresh temp dir that Ray then persists)."""
+    state = {
+        "method": ctx.method.state_dict(),
+        "optimizers": {k: o.state_dict() for k, o in ctx.optimizers.items()},
+        "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else {},
+        "opt_steps": dict(ctx._opt_steps),
+        "micro": dict(ctx._micro),
+        "step": ctx.step,
+        "epoch_done": epoch_done,  # epochs fully finished
+        "step_in_epoch": step_in_epoch,  # >0: a mid-epoch checkpoint
+        "phase": ctx.phase,
+        "rng": rng_states,
+    }
+    tmp = os.path.join(directory, STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, os.path.join(directory, STATE_FILE))
+    with open(os.path.join(directory, META_FILE), "w") as fh:
+        json.dump({**config_fingerprint(ctx.exp), "epoch_done": epoch_done, "step": ctx.step, "step_in_epoch": step_in_epoch}, fh)
+
+
+def load_checkpoint_state(directory: str, exp: Experiment) -> dict:
+    """Load with `weights_only=True` (no arbitrary unpickling); refuse other methods/configs."""
+    meta_path, state_path = os.path.join(directory, META_FILE), os.path.join(directory, STATE_FILE)
+    if not os.path.exists(state_path):
+        raise CheckpointMismatchError(f"{directory} holds no {STATE_FILE}: not a contrastlab checkpoint (or a torn one)")
+    with open(meta_path) as fh:
+        meta = json.load(fh)
+    if meta["method_name"] != exp.method_name:
+        raise CheckpointMismatchError(
+            f"checkpoint {directory} is from method {meta['method_name']!r}, this run is {exp.method_name!r}"
+        )
+    mine = config_fingerprint(exp)["method"]
+    diff = {k: (meta["method"].get(k), v) for k, v in mine.items() if meta["method"].get(k) != v}
+    if diff:
+        raise CheckpointMismatchError(
+            f"checkpoint {directory} was trained with a different {exp.method_name} config: "
+            + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            + ". Resume with the original config, or start a new run name."
+        )
+    return torch.load(state_path, map_location="cpu", weights_only=True)
+
+
+# --------------------------------------------------------------------------- the per-worker loop
+def _epochs_of(method) -> list[tuple[str, int]]:
+    """[(phase name, epochs)]; methods without phases have one phase, 'main'."""
+    phases = getattr(method, "phases", None)
+    return list(phases()) if callable(phases) else []
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+
+    from contrastlab.methods.registry import get_method
+    from contrastlab.platform.data import reader
+
+    exp = Experiment.from_dict(config["experiment"])
+    t_cfg = exp.train
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    torch.set_num_threads(max(1, int(config.get("torch_threads", 1))))
+    seed_everything(exp.run.seed + 1000 * rank)
+    device = ray.train.torch.get_device() if world > 0 else torch.device("cpu")
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
+
+    torch.manual_seed(exp.run.seed)  # identical initial weights on every rank
+    method = get_method(exp.method_name)(exp.method).to(device)
+    seed_everything(exp.run.seed + 1000 * rank)
+
+    trainable = method.trainable()
+    specs = method.optimizers()
+    steps_per_epoch = max(1, int(config["steps_per_epoch"]))
+    total_epochs = t_cfg.epochs
+    total_steps = max(1, steps_per_epoch * total_epochs // t_cfg.accumulate)
+    lr_scale = (t_cfg.batch_size * world / t_cfg.reference_batch_size) if t_cfg.scale_lr_with_world_size else 1.0
+    optimizers = {n: build_optimizer([trainable[m] for m in s.modules], s, lr_scale) for n, s in specs.items()}
+    scaler = torch.amp.GradScaler("cuda") if t_cfg.precision == "fp16" else None
+    tb = TBLogger(config.get("tb_dir"), enabled=rank == 0)
+    ctx = StepContext(
+        exp=exp, method=method, device=device, rank=rank, world_size=world, tb=tb, optimizers=optimizers,
+        specs=specs, scaler=scaler, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+        base_lrs={n: [g["lr"] for g in o.param_groups] for n, o in optimizers.items()},
+        meta=config.get("meta", {}),
+    )
+    for name, opt in optimizers.items():  # warm-up starts at warmup_start_factor * lr
+        for group, base in zip(opt.param_groups, ctx.base_lrs[name]):
+            group["lr"] = base * lr_factor(0, total_steps, specs[name])
+
+    start_epoch, skip_steps = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckdir:
+            state = load_checkpoint_state(ckdir, exp)
+        method.load_state_dict(state["method"])
+        for n, o in optimizers.items():
+            o.load_state_dict(state["optimizers"][n])
+        if scaler is not None and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        ctx._opt_steps, ctx._micro = dict(state["opt_steps"]), dict(state["micro"])
+        ctx.step, ctx.phase = state["step"], state["phase"]
+        start_epoch, skip_steps = state["epoch_done"], state["step_in_epoch"]
+        if rank < len(state["rng"]):
+            set_rng_state(state["rng"][rank])
+        if rank == 0:
+            print(f"[contrastlab] resumed from checkpoint: epoch {start_epoch}, step {ctx.step}"
+                  + (f", {skip_steps} steps into the epoch" if skip_steps else ""))
+    broadcast_parameters(trainable.values())
+
+    train_shard = ray.train.get_dataset_shard("train")
+    shards = {"train": train_shard}
+    for extra in ("eval", "train_eval"):
+        try:
+            shards[extra] = ray.train.get_dataset_shard(extra)
+        except Exception:  # noqa: BLE001 - a dataset the run did not define
+            pass
+    bs = t_cfg.batch_size
+
+    def batches(split: str, shuffle: bool = False, epoch: int = 0, drop_last: bool = False):
+        return shards[split].iter_torch_batches(
+            batch_size=bs, drop_last=drop_last, device=device, prefetch_batches=2,
+            local_shuffle_buffer_size=(exp.data.shuffle_buffer or None) if shuffle else None,
+            local_shuffle_seed=(exp.run.seed * 7919 + epoch * 31 + rank) if shuffle else None,
+        )
+
+    ctx.datasets = {s: (lambda s=s: batches(s)) for s in shards if s != "train"}
+    run_state = reader._run_state(config.get("run_state"))
+    eval_fn = lambda: batches("eval") if "eval" in shards else iter(())  # noqa: E731
+    phases = _epochs_of(method) or [("main", total_epochs)]
+    epoch_to_phase = [name for name, n in phases for _ in range(n)]
+    ck_every = t_cfg.checkpoint_every_steps
+
+    def report(metrics: dict, epoch_done: int, step_in_epoch: int, with_checkpoint: bool = True) -> None:
+        rngs = dist_utils.gather_objects(rng_state())
+        with tempfile.TemporaryDirectory() as tmp:
+            ck = None
+            if with_checkpoint and rank == 0:
+                save_checkpoint(tmp, ctx, epoch_done, step_in_epoch, rngs)
+                ck = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ck)
+
+    last_metrics: dict = {}
+    started_phase = ctx.phase if checkpoint is not None else None  # a resumed phase keeps its restored state
+    for epoch in range(start_epoch, len(epoch_to_phase)):
+        ctx.epoch = epoch
+        if epoch_to_phase[epoch] != started_phase:
+            if started_phase is not None and hasattr(method, "on_phase_end"):
+                method.on_phase_end(ctx)
+            ctx.phase = started_phase = epoch_to_phase[epoch]
+            if hasattr(method, "on_phase_start"):
+                method.on_phase_start(ctx)
+        if rank == 0 and run_state is not None:
+            ray.get(run_state.set_epoch.remote(epoch))
+        dist_utils.barrier()
+        method.train()
+        if hasattr(method, "on_epoch_start"):
+            method.on_epoch_start(ctx)
+        sums: dict[str, float] = {}
+        n_logged, samples, t_wait, t0 = 0, 0, 0.0, time.perf_counter()
+        step_in_epoch = 0
+        it = iter(batches("train", shuffle=True, epoch=epoch, drop_last=True))
+        while True:
+            t_fetch = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            t_wait += time.perf_counter() - t_fetch
+            step_in_epoch += 1
+            if step_in_epoch <= skip_steps:
+                continue  # mid-epoch resume: these steps were done before the stop
+            logs = method.train_step(batch, ctx)
+            ctx.check_finite({k: v for k, v in logs.items() if k.startswith("loss")})
+            ctx.step += 1
+            if hasattr(method, "after_step"):
+                method.after_step(ctx)
+            samples += next(iter(batch.values())).shape[0]
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n_logged += 1
+            if rank == 0 and ctx.step % t_cfg.log_every_steps == 0:
+                now = time.perf_counter()
+                ctx.log({**{k: float(v) for k, v in logs.items()}, "lr": ctx.lr(next(iter(optimizers))),
+                         "samples_per_s_per_worker": samples / max(now - t0, 1e-9)})
+            if ck_every and ctx.step % ck_every == 0:
+                report({**last_metrics, "epoch": epoch + step_in_epoch / steps_per_epoch, "step": ctx.step}, epoch, step_in_epoch)
+            if t_cfg.max_steps_per_epoch and step_in_epoch >= t_cfg.max_steps_per_epoch:
+                break
+        skip_steps = 0
+        elapsed = time.perf_counter() - t0
+        if hasattr(method, "on_epoch_end"):
+            method.on_epoch_end(ctx)
+        metrics = {f"train_{k}": v / max(1, n_logged) for k, v in sums.items()}
+        metrics.update({
+            "epoch": epoch + 1, "step": ctx.step, "phase": ctx.phase,
+            "samples_per_s": samples * world / max(elapsed, 1e-9),
+            "samples_per_s_per_worker": samples / max(elapsed, 1e-9),
+            "ingest_wait_fraction": t_wait / max(elapsed, 1e-9),
+        })
+        if run_state is not None:
+            skipped = ray.get(run_state.skipped_in_epoch.remote(epoch))
+            metrics["skipped_samples"] = len(skipped)
+            if skipped and rank == 0:
+                print(f"[contrastlab] epoch {epoch + 1}: skipped {len(skipped)} bad sample(s): "
+                      + "; ".join(f"{s} key {k}: {r}" for s, k, r in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+        if (epoch + 1) % t_cfg.eval_every_epochs == 0 or epoch + 1 == len(epoch_to_phase):
+            method.eval()
+            with torch.no_grad():
+                metrics.update(method.evaluate(eval_fn, ctx))
+            method.train()
+        if rank == 0:
+            tb.scalars({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, ctx.step, "epoch/")
+            tb.flush()
+            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+            print(f"[contrastlab] epoch {epoch + 1}/{len(epoch_to_phase)} {json.dumps(shown, default=str)}")
+        last_metrics = {k: v for k, v in metrics.items() if not k.startswith("train_")}
+        report(metrics, epoch + 1, 0)
+    if hasattr(method, "on_phase_end") and start_epoch < len(epoch_to_phase):
+        method.on_phase_end(ctx)
+    tb.close()
