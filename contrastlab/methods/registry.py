@@ -5,6 +5,7 @@ import importlib
 
 METHODS = {
     "clip": "contrastlab.methods.clip.method:CLIP",
+    "declip": "contrastlab.methods.declip.method:DeCLIP",
 }
 
 

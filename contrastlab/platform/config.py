@@ -52,6 +52,7 @@ class DataConfig:
     preprocess_cpus: float = 0.5  # CPUs per Ray Data read/map task
     preprocess_batch_size: int = 128
     samples_per_epoch: int = 0  # 0 = read from the shard manifest or count once
+    deterministic: bool = False  # preserve Ray Data row order (reproducible batches, e.g. exact resume); slower
     cache_dir: str = ""  # embedded dataset cache; "" = $CONTRASTLAB_CACHE or ~/.cache/contrastlab/datasets
 
 
@@ -181,9 +182,16 @@ def _parse_scalar(text: str):
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+        for number in (int, float):
+            try:
+                return number(value)
+            except ValueError:
+                pass
+    return value
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict:

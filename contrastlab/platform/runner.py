@@ -86,6 +86,10 @@ def build_datasets(exp: Experiment, plan: DataPlan, run_state_name: str | None) 
     from contrastlab.platform.data.reader import build_dataset
 
     method_cls = get_method(exp.method_name)
+    if exp.data.deterministic:
+        import ray.data
+
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
     common = dict(policy=exp.data.bad_samples, run_state_name=run_state_name, filesystem=plan.filesystem,
                   seed=exp.run.seed, cpus=exp.data.preprocess_cpus, batch_size=exp.data.preprocess_batch_size)
     fn, required = method_cls.make_preprocess(exp.method, "train", plan.meta)

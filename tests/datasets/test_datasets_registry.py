@@ -94,3 +94,14 @@ def test_an_unfinished_folder_is_never_used(tmp_path):
         load_dataset_paths(paths.root)
     again = ensure_dataset("shapes-captions", cache_dir=tmp_path, **TINY)  # regenerated in place
     assert again.root == paths.root and (again.root / "meta.json").is_file()
+
+
+def test_cli_make_and_errors(tmp_path, capsys):
+    from contrastlab.platform.datasets.cli import main
+
+    assert main(["make", "shapes-captions", "n_train=4", "n_test=2", "n_heldout=2", "image_size=32", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "train: 4 samples in 1 shard(s)" in out and str(tmp_path) in out
+    assert main(["make", "nope", "--cache-dir", str(tmp_path)]) == 2
+    assert "shapes-captions" in capsys.readouterr().err
+    assert main(["list"]) == 0 and "fashion-mnist" in capsys.readouterr().out

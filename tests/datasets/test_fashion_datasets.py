@@ -110,3 +110,14 @@ def test_zero_shot_prompts_use_the_right_article():
     prompts = fc.fill_prompts(fc.ZERO_SHOT_TEMPLATES, fc.CLASSNAMES)
     assert prompts[fc.CLASSNAMES.index("ankle boot")][0] == "a photo of an ankle boot."
     assert prompts[1][0] == "a photo of a pair of trousers."
+
+
+def test_batch_resize_matches_pil_bilinear_and_nearest():
+    from PIL import Image
+
+    from contrastlab.platform.datasets._common import resize_batch
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    pil = np.stack([np.asarray(Image.fromarray(a).resize((32, 32), Image.BILINEAR)) for a in images])
+    assert np.abs(resize_batch(images, 32).astype(int) - pil).max() <= 1  # rounding only
+    np.testing.assert_array_equal(resize_batch(images[:, :7, :7], 14, "nearest"), images[:, :7, :7].repeat(2, 1).repeat(2, 2))

@@ -155,6 +155,7 @@ def test_queue_lookup_uses_current_labels():  # checklist 9
     old_acc = torch.ones(1, 13, dtype=torch.bool)
     new_lab = torch.arange(13).unsqueeze(0).clone()  # re-clustered: everyone alone ...
     new_lab[0, 11] = new_lab[0, 0]  # ... except id 11 now sits with image 0
+    losses = []
     for lab_t, n_fn in [(old_lab, 3), (new_lab, 1)]:
         a_lab, a_acc = lookup_labels(batch_ids, lab_t, old_acc)
         q_lab, q_acc = lookup_labels(stored, lab_t, old_acc)
@@ -165,6 +166,8 @@ def test_queue_lookup_uses_current_labels():  # checklist 9
         logits = torch.cat([(q * kp).sum(1, keepdim=True), q @ queue.T], 1) / 0.2
         ref = contrastive_with_false_negatives(logits, torch.zeros(2, dtype=torch.long), torch.cat([torch.zeros(2, 1, dtype=torch.bool), fn], 1)).mean()
         assert torch.allclose(got, ref)
+        losses.append(got)
+    assert not torch.allclose(losses[0], losses[1])  # the same queue now gives the new clustering's loss
 
 
 @pytest.mark.parametrize("strategy", ["elim", "attr"])

@@ -69,6 +69,8 @@ class CLIP(nn.Module):
     dataset_splits = {"train": "train", "eval": "heldout"}
     eval_metric = "zeroshot_colour_shape_top1"
     train_defaults = {"batch_size": 64, "epochs": 8, "log_every_steps": 10}
+    # --smoke: 2 trials x 3 epochs on 1,280 pairs, a few minutes on 2 cores
+    smoke_overrides = {"train.epochs": 3, "data.embedded_params": "{n_train: 1280, n_heldout: 256, n_test: 128}"}
 
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
@@ -90,7 +92,8 @@ class CLIP(nn.Module):
         c = self.cfg
         return {"main": OptimSpec(["model"], "adamw", lr=c.lr, weight_decay=c.weight_decay, betas=c.betas, warmup_fraction=c.warmup_fraction)}
 
-    def search_space(self) -> dict:
+    @staticmethod
+    def search_space(cfg=None) -> dict:
         from ray import tune
 
         return {"method.lr": tune.loguniform(2e-4, 3e-3), "method.weight_decay": tune.choice([0.02, 0.05, 0.1, 0.2])}

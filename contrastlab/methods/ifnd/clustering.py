@@ -3,7 +3,9 @@
 Everything here is deterministic given the features and the seed (explicit torch.Generator,
 stable sorts, no reliance on the order features arrived in once `dedupe_by_index` sorted them),
 so every rank that clusters the same gathered features gets identical labels; `labels_digest`
-hashes them for the cross-rank check. The [R] choices of the card are options:
+hashes them for the cross-rank check. On CPU this holds bit for bit. On CUDA the centroid
+update's index_add_ uses atomic adds whose order can vary, so for multi-GPU runs cluster on
+rank 0 and broadcast the tables (platform `broadcast_object`), then compare digests. The [R] choices of the card are options:
 `hierarchy` (nested | independent), acceptance `scope` (global | per_cluster), `schedule`
 (linear | step | constant).
 """

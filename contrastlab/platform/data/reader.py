@@ -98,6 +98,7 @@ def _handle_bad(policy: str, run_state_name: str | None, shard: str, key: str | 
 def iter_tar_samples(stream, shard: str, policy: str, run_state_name: str | None = None) -> Iterator[dict]:
     """Group contiguous `key.ext` members into samples {"__key__", "__url__", ext: bytes}."""
     current: dict | None = None
+    reading: str | None = None  # key of the member being read when the stream broke
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
             for info in tar:
@@ -107,7 +108,7 @@ def iter_tar_samples(stream, shard: str, policy: str, run_state_name: str | None
                 if "." not in base or base.startswith("."):
                     continue
                 key, ext = base.split(".", 1)
-                key = info.name[: len(info.name) - len(base)] + key
+                reading = key = info.name[: len(info.name) - len(base)] + key
                 data = tar.extractfile(info).read()
                 if current is None or current["__key__"] != key:
                     if current is not None:
@@ -115,10 +116,13 @@ def iter_tar_samples(stream, shard: str, policy: str, run_state_name: str | None
                     current = {"__key__": key, "__url__": shard}
                 current[ext.lower()] = data
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        last = current["__key__"] if current else None
+        if current is not None and reading is not None and reading != current["__key__"]:
+            yield current  # complete: the break happened in the next sample
+            current = None
+        bad = reading or (current["__key__"] if current else None)
         # The sample being read when the stream broke may be incomplete: never pass it on.
-        _handle_bad(policy, run_state_name, shard, last, f"truncated or corrupt tar ({type(exc).__name__}: {exc}); "
-                    f"{'the rest of this shard is unreadable' if last else 'no sample could be read'}")
+        _handle_bad(policy, run_state_name, shard, bad, f"truncated or corrupt tar ({type(exc).__name__}: {exc}); "
+                    f"{'the rest of this shard is unreadable' if bad else 'no sample could be read'}")
         return
     if current is not None:
         yield current

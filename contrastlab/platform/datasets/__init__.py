@@ -86,7 +86,7 @@ def ensure_dataset(name: str, *, seed: int = 0, cache_dir: str | os.PathLike | N
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     spec = _REGISTRY[name]
     resolved = _resolve_params(spec, params)
-    cache = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = (pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()).absolute()
     final_dir = cache / f"{name}-{_dataset_hash(name, seed, resolved, spec.version)}"
     if (final_dir / "meta.json").is_file():
         return load_dataset_paths(final_dir)

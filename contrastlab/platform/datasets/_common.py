@@ -3,7 +3,6 @@ progress lines, array resizing and English articles.
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +117,3 @@ def fill_prompts(templates: list[str], classnames: list[str]) -> list[list[str]]
 
 def log(message: str) -> None:
     print(message, file=sys.stdout, flush=True)
-
-
-def env_path(var: str, default: str) -> Path:
-    return Path(os.environ.get(var) or default).expanduser()

@@ -62,7 +62,7 @@ def finalize_dataset(tmp_dir: pathlib.Path, final_dir: pathlib.Path, name: str, 
         "counts": counts,
     }
     with open(tmp_dir / "meta.json", "w") as fh:
-        json.dump(full_meta, fh, indent=1, sort_keys=True)
+        json.dump(full_meta, fh, indent=1)  # insertion order: train split first
     os.chmod(tmp_dir, 0o755)  # mkdtemp makes it 0700; a shared cache must stay readable
     if replace and final_dir.exists():
         shutil.rmtree(final_dir) if final_dir.is_dir() else final_dir.unlink()

@@ -57,6 +57,7 @@ def knn_predict(
         votes = torch.zeros(len(top_sim), len(classes), device=device)
         votes.scatter_add_(1, label_idx[top_idx], weights)
         pred[start : start + chunk_size] = votes.argmax(dim=1)
+        del sim  # free this block before the next one is allocated
     return classes[pred.cpu().numpy()]
 
 

@@ -32,7 +32,7 @@ def reid_evaluate(
     (those <= max_rank), "num_valid_queries", "num_skipped_queries"}.
     Raises ValueError when no query has a valid match.
     """
-    dist = to_numpy(distmat).astype(np.float64, copy=False)
+    dist = to_numpy(distmat)
     q_pids, g_pids = to_labels(q_pids, "q_pids"), to_labels(g_pids, "g_pids")
     q_cams, g_cams = to_labels(q_cams, "q_cams"), to_labels(g_cams, "g_cams")
     if dist.ndim != 2 or dist.shape != (len(q_pids), len(g_pids)):
@@ -47,8 +47,9 @@ def reid_evaluate(
     ranks = np.arange(max_rank)
     for q in range(len(q_pids)):
         order = np.argsort(dist[q], kind="stable")
-        keep = ~((g_pids[order] == q_pids[q]) & (g_cams[order] == q_cams[q]))
-        hits = g_pids[order][keep] == q_pids[q]
+        same_id = g_pids[order] == q_pids[q]
+        keep = ~(same_id & (g_cams[order] == q_cams[q]))
+        hits = same_id[keep]
         positions = np.flatnonzero(hits)
         if len(positions) == 0:
             continue

@@ -1,0 +1,96 @@
+"""Command line for datasets, meant to sit under `contrastlab data ...`:
+
+    python -m contrastlab.platform.datasets list
+    python -m contrastlab.platform.datasets make shapes-captions --seed 1 n_train=5000 image_size=48
+    python -m contrastlab.platform.datasets convert cub ~/CUB_200_2011 ~/shards/cub --crop-to-bbox --image-size 128 --resize square
+    python -m contrastlab.platform.datasets convert folder ~/photos ~/shards/photos --test-fraction 0.2
+
+`make` prints the dataset folder and its split shard patterns; `key=value` parameters are
+parsed with the type of the parameter's default.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import _REGISTRY, convert_cub, convert_image_folder, ensure_dataset, list_datasets
+
+
+def _parse_params(name: str, pairs: list[str]) -> dict:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(_REGISTRY))}")
+    defaults, params = _REGISTRY[name].defaults, {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, got {pair!r}")
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            params[key] = raw.lower() in ("1", "true", "yes")
+        elif isinstance(default, int):
+            params[key] = int(raw)
+        elif isinstance(default, float):
+            params[key] = float(raw)
+        else:
+            params[key] = raw  # unknown keys pass through so ensure_dataset names the valid ones
+    return params
+
+
+def _summary(paths) -> str:
+    lines = [str(paths.root)]
+    for split, shards in paths.splits.items():
+        lines.append(f"  {split}: {paths.meta['counts'][split]} samples in {len(shards)} shard(s)")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="contrastlab data", description="embedded datasets and converters to shards")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the embedded datasets")
+    make = sub.add_parser("make", help="generate an embedded dataset (cached)")
+    make.add_argument("name")
+    make.add_argument("params", nargs="*", help="key=value generator parameters")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--cache-dir", default=None)
+    make.add_argument("--json", action="store_true", help="print meta.json instead of a summary")
+    convert = sub.add_parser("convert", help="convert a public dataset layout into shards")
+    kinds = convert.add_subparsers(dest="kind", required=True)
+    cub = kinds.add_parser("cub", help="CUB-200-2011 folder")
+    folder = kinds.add_parser("folder", help="class-per-folder image tree")
+    for p in (cub, folder):
+        p.add_argument("src")
+        p.add_argument("out")
+        p.add_argument("--image-size", type=int, default=None)
+        p.add_argument("--resize", choices=("shorter", "square"), default="shorter")
+        p.add_argument("--maxcount", type=int, default=1000)
+        p.add_argument("--overwrite", action="store_true")
+    cub.add_argument("--crop-to-bbox", action="store_true")
+    cub.add_argument("--bbox-margin", type=float, default=0.0)
+    folder.add_argument("--test-fraction", type=float, default=0.0)
+    folder.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            for name, description in list_datasets().items():
+                print(f"{name:18s} {description}")
+        elif args.command == "make":
+            paths = ensure_dataset(args.name, seed=args.seed, cache_dir=args.cache_dir, **_parse_params(args.name, args.params))
+            print(json.dumps(paths.meta, indent=1) if args.json else _summary(paths))
+        elif args.kind == "cub":
+            paths = convert_cub(args.src, args.out, crop_to_bbox=args.crop_to_bbox, bbox_margin=args.bbox_margin,
+                                image_size=args.image_size, resize=args.resize, maxcount=args.maxcount, overwrite=args.overwrite)
+            print(_summary(paths))
+        else:
+            paths = convert_image_folder(args.src, args.out, test_fraction=args.test_fraction, seed=args.seed,
+                                         image_size=args.image_size, resize=args.resize, maxcount=args.maxcount,
+                                         overwrite=args.overwrite)
+            print(_summary(paths))
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

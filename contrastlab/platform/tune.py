@@ -1,0 +1,145 @@
+"""Sweeps: a Ray Tune `Tuner` whose trials each run a TorchTrainer (the Train V2 pattern:
+`Tuner(trainer)` is gone; a function trainable builds the trainer, ray-notes §2).
+
+- Search space: the method's `search_space()` (keys `section.field`), applied as config overrides.
+- Scheduler: ASHA on the method's evaluation metric, `time_attr="training_iteration"` (= epochs,
+  one report per epoch); PBT selectable (`--scheduler pbt`), FIFO for plain grids.
+- Each trial's Train run is named after the trial id (stable): a restarted trial resumes its run.
+- `resume=True` restores an interrupted sweep with `Tuner.restore`: finished trials are not rerun,
+  errored/unfinished ones resume from their last checkpoint.
+- Writes `best.json` (best config + metrics) and prints a trial table.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from contrastlab.platform.config import Experiment, apply_overrides
+from contrastlab.platform.runner import init_ray, make_trainer, plan_data, plan_resources, cluster_cpus
+
+
+def _trial_fn(config: dict) -> None:
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    base = Experiment.from_dict(config["__experiment__"])
+    overrides = {k: v for k, v in config.items() if not k.startswith("__")}
+    exp = apply_overrides(base, overrides)
+    trial_id = ray.tune.get_context().get_trial_id()
+    trial_dir = ray.tune.get_context().get_trial_dir()
+    storage = config["__storage__"]
+    name = f"{config['__name__']}-train-{trial_id}"
+    tb_dir = os.path.join(trial_dir, "tensorboard") if "://" not in storage else f"{storage.rstrip('/')}/{config['__name__']}/tensorboard/{trial_id}"
+    trainer = make_trainer(exp, name=name, storage=os.path.join(storage, config["__name__"], "train_runs") if "://" not in storage else f"{storage.rstrip('/')}/{config['__name__']}/train_runs",
+                           callbacks=[TuneReportCallback()], tb_dir=tb_dir)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+
+
+def build_scheduler(kind: str, metric: str, mode: str, max_t: int, search_space: dict):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if kind == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=1, reduction_factor=2)
+    if kind == "pbt":
+        mutations = {k: v for k, v in search_space.items() if hasattr(v, "sample")}
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1, hyperparam_mutations=mutations)
+    if kind == "fifo":
+        return FIFOScheduler()
+    raise ValueError(f"unknown scheduler {kind!r}: use asha, pbt or fifo")
+
+
+def run_sweep(
+    exp: Experiment,
+    *,
+    name: str,
+    storage: str,
+    num_samples: int = 4,
+    max_concurrent: int = 0,
+    scheduler: str = "asha",
+    search_space: dict | None = None,
+    resume: bool = False,
+    max_trial_failures: int = 0,
+) -> dict:
+    import ray.tune
+    from contrastlab.methods.registry import get_method
+
+    init_ray()
+    method_cls = get_method(exp.method_name)
+    metric, mode = method_cls.eval_metric, getattr(method_cls, "eval_mode", "max")
+    space = dict(search_space if search_space is not None else method_cls.search_space(None))
+    cpus = cluster_cpus()
+    trial_cpus = max(exp.run.workers, 1) * exp.run.cpus_per_worker + 0.01 + exp.data.preprocess_cpus
+    if not max_concurrent:
+        max_concurrent = max(1, int(cpus // trial_cpus))
+        if exp.run.gpus_per_worker:
+            import ray
+
+            gpus = ray.cluster_resources().get("GPU", 0)
+            max_concurrent = max(1, min(max_concurrent, int(gpus // (exp.run.gpus_per_worker * max(1, exp.run.workers)))))
+    plan_resources(exp, cpus, concurrent_trials=max_concurrent)
+    plan_data(exp)  # generate embedded data / validate shard patterns once, before any trial starts
+    storage_path = storage if "://" in storage else os.path.abspath(os.path.expanduser(storage))
+    exp_dir = os.path.join(storage_path, name)
+    param_space: dict[str, Any] = {**space, "__experiment__": exp.to_dict(), "__storage__": storage_path, "__name__": name}
+    trainable = ray.tune.with_resources(_trial_fn, {"CPU": 0.01})
+    if resume and ray.tune.Tuner.can_restore(exp_dir):
+        print(f"[contrastlab] resuming sweep {exp_dir}")
+        tuner = ray.tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True, resume_errored=True, param_space=param_space)
+    else:
+        if resume:
+            print(f"[contrastlab] nothing to resume at {exp_dir}; starting a new sweep")
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=ray.tune.TuneConfig(
+                metric=metric, mode=mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
+                scheduler=build_scheduler(scheduler, metric, mode, exp.train.epochs, space),
+                trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+            ),
+            run_config=ray.tune.RunConfig(name=name, storage_path=storage_path,
+                                          failure_config=ray.tune.FailureConfig(max_failures=max_trial_failures)),
+        )
+    results = tuner.fit()
+    return summarise(results, metric, mode, exp_dir)
+
+
+def summarise(results, metric: str, mode: str, exp_dir: str) -> dict:
+    """Print the trial table and write best.json into the experiment folder."""
+    rows = []
+    for r in results:
+        cfg = {k: v for k, v in (r.config or {}).items() if not k.startswith("__")}
+        m = r.metrics or {}
+        rows.append({"trial": os.path.basename(r.path or ""), "status": "ERROR" if r.error else "OK",
+                     "epochs": m.get("training_iteration"), metric: m.get(metric), **cfg,
+                     "error": str(r.error).splitlines()[0][:120] if r.error else ""})
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    print("\n" + " | ".join(keys))
+    for row in rows:
+        print(" | ".join(f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys))
+    summary = {"metric": metric, "mode": mode, "trials": rows}
+    try:
+        best = results.get_best_result(metric=metric, mode=mode, scope="all")
+        best_cfg = {k: v for k, v in best.config.items() if not k.startswith("__")}
+        summary.update({
+            "best_config": best_cfg,
+            "best_metrics": {k: v for k, v in (best.metrics or {}).items() if isinstance(v, (int, float, str))},
+            "best_trial_dir": best.path,
+            "experiment": best.config.get("__experiment__"),
+        })
+    except (RuntimeError, ValueError, KeyError) as exc:
+        summary["best_error"] = str(exc)
+    if "://" not in exp_dir:
+        os.makedirs(exp_dir, exist_ok=True)
+        with open(os.path.join(exp_dir, "best.json"), "w") as fh:
+            json.dump(summary, fh, indent=2, default=str)
+        print(f"[contrastlab] best.json written to {os.path.join(exp_dir, 'best.json')}")
+    else:
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(exp_dir)
+        with fs.open_output_stream(path + "/best.json") as fh:
+            fh.write(json.dumps(summary, indent=2, default=str).encode())
+    return summary

@@ -1,0 +1,37 @@
+import os
+
+import pytest
+
+# Local test clusters opt out of token auth (ray-notes §6); the job-submission test turns it on.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray workers unpickle functions defined in test modules by module name: put the test folders on
+# their path (workers inherit the driver's environment).
+_here = os.path.dirname(os.path.abspath(__file__))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_here, os.path.join(_here, "platform"), os.path.join(_here, "methods"), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for the whole session (2 logical CPUs, dashboard on 127.0.0.1)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, dashboard_host="127.0.0.1", dashboard_port=8277, include_dashboard=True)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory):
+    """A tiny shapes-captions dataset in a session cache."""
+    from contrastlab.platform.datasets import ensure_dataset
+
+    cache = tmp_path_factory.mktemp("cache")
+    return ensure_dataset("shapes-captions", cache_dir=str(cache), n_train=256, n_heldout=64, n_test=32)
