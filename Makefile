@@ -16,11 +16,12 @@ demo: setup
 
 # The whole test suite, slow end-to-end runs included (what CI runs).
 test: setup
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q tests --ignore=tests/jobs $(ARGS)
+	$(PY) -m pytest -q tests/jobs $(ARGS)
 
 # Without the slow end-to-end runs (a few minutes).
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
+	$(PY) -m pytest -q -m "not slow" tests --ignore=tests/jobs $(ARGS)
 
 smoke: setup
 	$(PY) sweeps/declip.py --smoke

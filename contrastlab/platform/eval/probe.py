@@ -46,7 +46,8 @@ def linear_probe(
     """Linear-probe accuracy of frozen features.
 
     1. Split the training features into fit/validation parts, stratified by label
-       (`val_fraction` of them, seeded; unstratified if some class has a single sample).
+       (`val_fraction` of them, seeded; unstratified when stratification is impossible: a class
+       with a single sample, or fewer validation rows than classes).
     2. For each C in `grid` (sklearn's L-BFGS multinomial `LogisticRegression`, C = 1/lambda):
        standardise with the fit part's mean/std, fit, score on the validation part.
     3. best_C = the C with the highest validation accuracy (ties: the smallest C, i.e. the
@@ -71,11 +72,11 @@ def linear_probe(
 
     from sklearn.model_selection import train_test_split
 
-    _, counts = np.unique(y_train, return_counts=True)
-    stratify = y_train if counts.min() >= 2 else None
-    idx_fit, idx_val = train_test_split(
-        np.arange(len(y_train)), test_size=val_fraction, random_state=seed, stratify=stratify
-    )
+    idx = np.arange(len(y_train))
+    try:
+        idx_fit, idx_val = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=y_train)
+    except ValueError:  # a class with one sample, or fewer validation rows than classes
+        idx_fit, idx_val = train_test_split(idx, test_size=val_fraction, random_state=seed)
     curve, unconverged = [], 0
     for c in grid:
         acc, bad = _fit_score(x_train[idx_fit], y_train[idx_fit], x_train[idx_val], y_train[idx_val], c, max_iter, seed)

@@ -1,0 +1,44 @@
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = "data.embedded_params={n_train: 320, n_heldout: 64, n_test: 32}"
+
+
+def start(args, log_path, env=None):
+    """Start a driver in its own process group (so a kill takes its whole tree)."""
+    log = open(log_path, "w")
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, **(env or {})})
+
+
+def kill(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(20)  # a SIGKILLed driver's GCS/raylet exit within ~15 s (ray-notes §6)
+
+
+def wait_for(predicate, timeout, proc=None, log_path=None):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return True
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"driver exited early ({proc.returncode}):\n" + open(log_path).read()[-4000:])
+        time.sleep(2)
+    raise AssertionError("timed out" + (":\n" + open(log_path).read()[-4000:] if log_path else ""))
+
+
+def result_lines(exp_dir):
+    return {os.path.basename(os.path.dirname(p)): len(open(p).read().splitlines())
+            for p in glob.glob(os.path.join(exp_dir, "trial_*", "result.json"))}
+
+
+def last_json(text):
+    start = text.rindex("\n{")
+    return json.loads(text[start:])
