@@ -24,7 +24,9 @@ Protocol (card g):
   three text passes, the heads); the JSON records each run's wall time.
 - Variants: clip; declip (all four signals, weights 0.4/0.2/0.2/0.2, queue 1,024); and at the
   small size declip-mvs / -ss / -mlm / -nn (one signal switched off; its weight is given back to the
-  contrastive term, the card's "CLIP weight = 1 - the others").
+  contrastive term, the card's "CLIP weight = 1 - the others"). Optional (--extra-variants):
+  declip-crop, DeCLIP with CLIP's crop + flip views. The card's MoCo-v2 views jitter hue and turn
+  20% of views grey while every caption names colours, a confound CLIP's views do not have.
 - Metrics: heldout zero-shot top-1 over all 24 colour x shape classes (`zeroshot_colour_shape_top1`,
   the sweep metric), colour (6-way) and shape (4-way) zero-shot, text->image and image->text R@1;
   test-split zero-shot and t2i R@1; a linear probe (colour x shape label, 50/50 split of the test
@@ -87,9 +89,16 @@ def preprocess(fn, samples: list[dict], seed: int, epoch: int) -> dict:
     return {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in rows[0]}
 
 
-def eval_batches(method_cls, cfg, meta, samples, batch_size=128) -> list[dict]:
-    fn, _ = method_cls.make_preprocess(cfg, "eval", meta)
-    return [preprocess(fn, samples[i : i + batch_size], 0, 0) for i in range(0, len(samples), batch_size)]
+_EVAL_CACHE: dict = {}
+
+
+def eval_batches(method_cls, cfg, meta, samples, split: str, batch_size=128) -> list[dict]:
+    """Preprocessed evaluation batches (deterministic; DeCLIP's eval preprocessing is CLIP's), cached."""
+    key = (split, len(samples), cfg.image_size, cfg.context_length)
+    if key not in _EVAL_CACHE:
+        fn, _ = method_cls.make_preprocess(cfg, "eval", meta)
+        _EVAL_CACHE[key] = [preprocess(fn, samples[i : i + batch_size], 0, 0) for i in range(0, len(samples), batch_size)]
+    return _EVAL_CACHE[key]
 
 
 # --------------------------------------------------------------------------- variants
@@ -105,6 +114,8 @@ def variant_config(variant: str, image_size: int):
     cfg = DeCLIPConfig(image_size=image_size, warmup_start_factor=0.0, probe=False, retrieval_examples=0)
     if variant == "declip":
         return DeCLIP, cfg
+    if variant == "declip-crop":  # DeCLIP with CLIP's crop + flip views (no colour jitter / grey / blur)
+        return DeCLIP, replace(cfg, view_augmentation="crop")
     signal = variant.split("-", 1)[1]
     if signal not in SIGNALS:
         raise ValueError(f"unknown variant {variant!r}")
@@ -160,10 +171,9 @@ def run_one(job: dict) -> dict:
     metrics: dict[str, float] = {}
     with torch.no_grad():
         for split in ("heldout", "test"):
-            batches = eval_batches(method_cls, cfg, meta, data[split])
+            batches = eval_batches(method_cls, cfg, meta, data[split], split)
             for n, v in model.evaluate(lambda b=batches: iter(b), ctx).items():
                 metrics[f"{split}/{n}"] = float(v)
-        batches = eval_batches(method_cls, cfg, meta, data["test"])
         feats = np.concatenate([model.encode_image(b["image"]).float().numpy() for b in batches])
     labels = np.array([s["json"]["label"] for s in data["test"]])
     index = np.array([s["index"] for s in data["test"]])
@@ -287,6 +297,10 @@ def plan(args) -> list[dict]:
         for seed in args.seeds:
             for sig in SIGNALS:
                 jobs.append({**common, "variant": f"declip-{sig}", "size": min(args.sizes), "seed": seed})
+    for variant in args.extra_variants:
+        for size in args.sizes:
+            for seed in args.seeds:
+                jobs.append({**common, "variant": variant, "size": size, "seed": seed})
     return jobs
 
 
@@ -305,6 +319,9 @@ def main(argv=None) -> dict:
     p.add_argument("--n-eval", type=int, default=None, help="pairs in each evaluation split (default 500; 128 with --quick)")
     p.add_argument("--image-size", type=int, default=48)
     p.add_argument("--no-ablations", action="store_true", help="skip the leave-one-out ablations")
+    p.add_argument("--extra-variants", nargs="*", default=[], choices=["declip-crop"],
+                   help="more variants at every size: declip-crop = DeCLIP with CLIP's crop+flip views instead of MoCo-v2 "
+                        "(colour jitter and greyscale blur the colour words the captions are about)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes); each uses --threads torch threads")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--cache-dir", default=None, help="embedded dataset cache (default: the platform's)")

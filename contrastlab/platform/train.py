@@ -316,7 +316,7 @@ def load_checkpoint_state(directory: str, exp: Experiment) -> dict:
         raise CheckpointMismatchError(
             f"checkpoint {directory} is from method {meta['method_name']!r}, this run is {exp.method_name!r}"
         )
-    mine = config_fingerprint(exp)["method"]
+    mine = json.loads(json.dumps(config_fingerprint(exp)["method"]))  # tuples -> lists, as in meta.json
     diff = {k: (meta["method"].get(k), v) for k, v in mine.items() if meta["method"].get(k) != v}
     if diff:
         raise CheckpointMismatchError(
