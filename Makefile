@@ -17,7 +17,7 @@ demo: setup
 # The whole test suite, slow end-to-end runs included (what CI runs).
 test: setup
 	$(PY) -m pytest -q tests --ignore=tests/jobs $(ARGS)
-	$(PY) -m pytest -q tests/jobs $(ARGS)
+	$(PY) -m pytest -q tests/jobs $(ARGS) || [ $$? -eq 5 ]
 
 # Without the slow end-to-end runs (a few minutes).
 test-fast: setup
