@@ -1,6 +1,6 @@
 # The two set-up commands of the README. Each installs what it needs first and is idempotent.
 PY ?= python3
-PIP ?= $(PY) -m pip
+
 
 .PHONY: setup demo test test-fast smoke clean
 
@@ -8,7 +8,7 @@ setup:
 	@if ! [ -d /usr/share/datasets/fashion-mnist ]; then \
 	  (command -v apt-get >/dev/null && (apt-get update -qq || true) && apt-get install -y -qq dataset-fashion-mnist) \
 	  || echo "warning: could not install dataset-fashion-mnist (Fashion-MNIST datasets will be unavailable)"; fi
-	$(PIP) install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]'
 
 # The main job: the DeCLIP sweep on embedded data (python sweeps/declip.py with default flags).
 demo: setup

@@ -28,10 +28,9 @@ def _trial_fn(config: dict) -> None:
     exp = apply_overrides(base, overrides)
     trial_id = ray.tune.get_context().get_trial_id()
     trial_dir = ray.tune.get_context().get_trial_dir()
-    storage = config["__storage__"]
-    name = f"{config['__name__']}-train-{trial_id}"
-    tb_dir = os.path.join(trial_dir, "tensorboard") if "://" not in storage else f"{storage.rstrip('/')}/{config['__name__']}/tensorboard/{trial_id}"
-    trainer = make_trainer(exp, name=name, storage=os.path.join(storage, config["__name__"], "train_runs") if "://" not in storage else f"{storage.rstrip('/')}/{config['__name__']}/train_runs",
+    exp_root = f"{config['__storage__'].rstrip('/')}/{config['__name__']}"  # local path or URI alike
+    tb_dir = os.path.join(trial_dir, "tensorboard") if "://" not in exp_root else f"{exp_root}/tensorboard/{trial_id}"
+    trainer = make_trainer(exp, name=f"{config['__name__']}-train-{trial_id}", storage=f"{exp_root}/train_runs",
                            callbacks=[TuneReportCallback()], tb_dir=tb_dir)
     result = trainer.fit()
     if result.error:
