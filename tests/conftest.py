@@ -10,7 +10,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # their path (workers inherit the driver's environment).
 _here = os.path.dirname(os.path.abspath(__file__))
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [_here, os.path.join(_here, "platform"), os.path.join(_here, "methods"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    [_here, *sorted(os.path.join(_here, d) for d in os.listdir(_here) if os.path.isdir(os.path.join(_here, d)) and not d.startswith((".", "_"))),
+     *filter(None, [os.environ.get("PYTHONPATH")])]
 )
 
 

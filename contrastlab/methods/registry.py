@@ -6,6 +6,14 @@ import importlib
 METHODS = {
     "clip": "contrastlab.methods.clip.method:CLIP",
     "declip": "contrastlab.methods.declip.method:DeCLIP",
+    "ifnd": "contrastlab.methods.ifnd.method:IFND",
+    "c3gan": "contrastlab.methods.c3gan.method:C3GAN",
+    "unimo": "contrastlab.methods.unimo.method:UNIMO",
+    "scale": "contrastlab.methods.scale.method:SCALE",
+    "fame": "contrastlab.methods.fame.method:FAME",
+    "ucr": "contrastlab.methods.ucr.method:UCR",
+    "ppc": "contrastlab.methods.ppc.method:PPC",
+    "cvp": "contrastlab.methods.cvp.method:CVP",
 }
 
 

@@ -4,37 +4,17 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from contrastlab.platform.config import build_experiment
 from contrastlab.platform.data.paths import resolve_shards
-from contrastlab.platform.data.reader import PreprocessBatches, iter_tar_samples
+from contrastlab.platform.local import iter_batches
 
 
 def iter_local_batches(paths: list[str], sample_fn, required, batch_size: int, split: str = "eval", seed: int = 0,
                        filesystem=None, device: str | torch.device = "cpu") -> Iterator[dict]:
     """Shards -> preprocessed torch batches without Ray (evaluation, benchmarks, debugging)."""
-    fn = PreprocessBatches(sample_fn, tuple(required), "raise", None, seed, split)
-    pending: list[dict] = []
-
-    def flush():
-        cols = {k: np.array([s[k] for s in pending], dtype=object) for k in {k for s in pending for k in s}}
-        for k in cols:  # missing members stay None, as Ray Data leaves them
-            cols[k] = np.array([s.get(k) for s in pending], dtype=object)
-        out = fn(cols)
-        return {k: torch.as_tensor(v).to(device) for k, v in out.items()}
-
-    for path in paths:
-        stream = filesystem.open_input_stream(path) if filesystem is not None else open(path, "rb")
-        with stream:
-            for sample in iter_tar_samples(stream, path, "raise"):
-                pending.append(sample)
-                if len(pending) == batch_size:
-                    yield flush()
-                    pending = []
-    if pending:
-        yield flush()
+    return iter_batches(paths, sample_fn, required, batch_size, split=split, seed=seed, filesystem=filesystem, device=device)
 
 
 def evaluate_checkpoint(method: str, checkpoint: str, eval_data: str | None = None, sets: list[str] | None = None, batch_size: int = 128) -> dict:

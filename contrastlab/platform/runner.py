@@ -150,7 +150,9 @@ def make_trainer(exp: Experiment, *, name: str, storage: str, plan: DataPlan | N
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         failure_config=ray.train.FailureConfig(max_failures=exp.run.max_failures),
     )
-    data_config = ray.train.DataConfig(datasets_to_split="all")
+    from contrastlab.platform.data.split import TrainEqualEvalCompleteConfig
+
+    data_config = TrainEqualEvalCompleteConfig()  # eval splits keep every sample (Ray's default drops some)
     return TorchTrainer(
         _loop,
         train_loop_config=loop_config,

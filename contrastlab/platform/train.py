@@ -189,32 +189,11 @@ class StepContext:
                 )
 
     def extract(self, split: str, fn: Callable[[dict], torch.Tensor], max_batches: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Run `fn(batch) -> (B, D)` over this worker's part of `split`, gather from every worker.
+        """`extract_features` over this run's `split` ("eval" or "train_eval"): (indices ascending,
+        features, other 1-D columns), gathered from every worker, identical on every rank."""
+        from contrastlab.platform.eval.features import extract_features
 
-        Returns (indices sorted ascending, features in that order, other columns {name: array}) on
-        every rank, identical everywhere; duplicates (padding) are dropped by index.
-        """
-        feats, extras = [], {}
-        with torch.no_grad():
-            for i, batch in enumerate(self.datasets[split]()):
-                if max_batches and i >= max_batches:
-                    break
-                out = fn(batch)
-                feats.append(out.detach().float().cpu().numpy())
-                for k, v in batch.items():
-                    if torch.is_tensor(v) and v.ndim == 1:
-                        extras.setdefault(k, []).append(v.cpu().numpy())
-        local = {
-            "feats": np.concatenate(feats) if feats else np.zeros((0, 0), np.float32),
-            **{k: np.concatenate(v) for k, v in extras.items()},
-        }
-        parts = dist_utils.gather_objects(local)
-        merged = {k: np.concatenate([p[k] for p in parts if len(p[k])]) for k in local}
-        if "index" not in merged:
-            raise KeyError("extract needs an `index` column in the batches")
-        order = np.unique(merged["index"], return_index=True)[1]
-        idx = merged["index"][order]
-        return idx, merged["feats"][order], {k: v[order] for k, v in merged.items() if k not in ("feats", "index")}
+        return extract_features(self.datasets[split], fn, max_batches=max_batches)
 
     def log(self, values: dict, prefix: str = "train/") -> None:
         if self.tb:
@@ -246,12 +225,39 @@ def sync_gradients(params: list[torch.Tensor], world_size: int) -> None:
         g.copy_(synced)
 
 
-def broadcast_parameters(modules: Iterable[nn.Module]) -> None:
+def per_rank_keys(method: nn.Module) -> list[str]:
+    """state_dict keys that legitimately differ between workers (e.g. DeCLIP's per-rank NN queue):
+    those under any prefix the method lists in `per_rank_state`. They are not broadcast from rank 0
+    and each rank's own values are saved in (and restored from) the checkpoint."""
+    prefixes = tuple(getattr(method, "per_rank_state", ()))
+    if not prefixes:
+        return []
+    return [k for k in method.state_dict() if k.startswith(prefixes)]
+
+
+def broadcast_parameters(method: nn.Module) -> None:
+    """Make every rank start from rank 0's parameters and buffers (except per-rank state)."""
     if not dist_utils.is_distributed():
         return
-    for module in modules:
-        for t in list(module.parameters()) + list(module.buffers()):
+    skip = set(per_rank_keys(method))
+    for name, t in list(method.named_parameters()) + list(method.named_buffers()):
+        if name not in skip:
             torch.distributed.broadcast(t.data, src=0)
+
+
+def local_per_rank_state(method: nn.Module) -> dict:
+    state = method.state_dict()
+    return {k: state[k].detach().cpu().clone() for k in per_rank_keys(method)}
+
+
+def restore_per_rank_state(method: nn.Module, per_rank: list[dict], rank: int) -> None:
+    """Load this rank's saved per-rank buffers; a run resumed on more workers than it was saved with
+    gives rank r the state of old rank r % old_world (documented in the README)."""
+    if not per_rank:
+        return
+    mine = per_rank[rank % len(per_rank)]
+    if mine:
+        method.load_state_dict({**method.state_dict(), **mine})
 
 
 # --------------------------------------------------------------------------- RNG + checkpoints
@@ -284,9 +290,11 @@ def config_fingerprint(exp: Experiment) -> dict:
     return {"method_name": exp.method_name, "method": exp.to_dict()["method"]}
 
 
-def save_checkpoint(directory: str, ctx: StepContext, epoch_done: int, step_in_epoch: int, rng_states: list) -> None:
+def save_checkpoint(directory: str, ctx: StepContext, epoch_done: int, step_in_epoch: int, rng_states: list,
+                    per_rank: list[dict] | None = None) -> None:
     """Write state.pt + meta.json into `directory` (a fresh temp dir that Ray then persists)."""
     state = {
+        "per_rank": per_rank or [],  # each rank's per-rank buffers (method.per_rank_state), in rank order
         "method": ctx.method.state_dict(),
         "optimizers": {k: o.state_dict() for k, o in ctx.optimizers.items()},
         "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else {},
@@ -334,99 +342,63 @@ def _epochs_of(method) -> list[tuple[str, int]]:
     return list(phases()) if callable(phases) else []
 
 
-def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-
-    from contrastlab.methods.registry import get_method
-    from contrastlab.platform.data import reader
-
-    exp = Experiment.from_dict(config["experiment"])
+def build_context(exp: Experiment, method: nn.Module, *, device: torch.device, rank: int = 0, world: int = 1,
+                  steps_per_epoch: int = 1, tb: TBLogger | None = None, meta: dict | None = None) -> StepContext:
+    """Optimisers, LR schedules and the StepContext for `method` (shared by the Ray loop and `run_local`)."""
     t_cfg = exp.train
-    tctx = ray.train.get_context()
-    rank, world = tctx.get_world_rank(), tctx.get_world_size()
-    torch.set_num_threads(max(1, int(config.get("torch_threads", 1))))
-    seed_everything(exp.run.seed + 1000 * rank)
-    device = ray.train.torch.get_device() if world > 0 else torch.device("cpu")
-    if not isinstance(device, torch.device):
-        device = torch.device(device)
-
-    torch.manual_seed(exp.run.seed)  # identical initial weights on every rank
-    method = get_method(exp.method_name)(exp.method).to(device)
-    seed_everything(exp.run.seed + 1000 * rank)
-
     trainable = method.trainable()
     specs = method.optimizers()
-    steps_per_epoch = max(1, int(config["steps_per_epoch"]))
-    total_epochs = t_cfg.epochs
-    total_steps = max(1, steps_per_epoch * total_epochs // t_cfg.accumulate)
+    total_steps = max(1, steps_per_epoch * t_cfg.epochs // t_cfg.accumulate)
     lr_scale = (t_cfg.batch_size * world / t_cfg.reference_batch_size) if t_cfg.scale_lr_with_world_size else 1.0
     optimizers = {n: build_optimizer([trainable[m] for m in s.modules], s, lr_scale) for n, s in specs.items()}
     scaler = torch.amp.GradScaler("cuda") if t_cfg.precision == "fp16" else None
-    tb = TBLogger(config.get("tb_dir"), enabled=rank == 0)
     ctx = StepContext(
         exp=exp, method=method, device=device, rank=rank, world_size=world, tb=tb, optimizers=optimizers,
         specs=specs, scaler=scaler, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
         base_lrs={n: [g["lr"] for g in o.param_groups] for n, o in optimizers.items()},
-        meta=config.get("meta", {}),
+        meta=meta or {},
     )
     for name, opt in optimizers.items():  # warm-up starts at warmup_start_factor * lr
         for group, base in zip(opt.param_groups, ctx.base_lrs[name]):
             group["lr"] = base * lr_factor(0, total_steps, specs[name])
+    return ctx
 
-    start_epoch, skip_steps = 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckdir:
-            state = load_checkpoint_state(ckdir, exp)
-        method.load_state_dict(state["method"])
-        for n, o in optimizers.items():
-            o.load_state_dict(state["optimizers"][n])
-        if scaler is not None and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        ctx._opt_steps, ctx._micro = dict(state["opt_steps"]), dict(state["micro"])
-        ctx.step, ctx.phase = state["step"], state["phase"]
-        start_epoch, skip_steps = state["epoch_done"], state["step_in_epoch"]
-        if rank < len(state["rng"]):
-            set_rng_state(state["rng"][rank])
-        if rank == 0:
-            print(f"[contrastlab] resumed from checkpoint: epoch {start_epoch}, step {ctx.step}"
-                  + (f", {skip_steps} steps into the epoch" if skip_steps else ""))
-    broadcast_parameters(trainable.values())
 
-    train_shard = ray.train.get_dataset_shard("train")
-    shards = {"train": train_shard}
-    for extra in ("eval", "train_eval"):
-        try:
-            shards[extra] = ray.train.get_dataset_shard(extra)
-        except Exception:  # noqa: BLE001 - a dataset the run did not define
-            pass
-    bs = t_cfg.batch_size
+def restore_context(ctx: StepContext, state: dict) -> tuple[int, int]:
+    """Load a checkpoint's state into the method, optimisers and counters; returns (epoch, step in epoch)."""
+    ctx.method.load_state_dict(state["method"])
+    for n, o in ctx.optimizers.items():
+        o.load_state_dict(state["optimizers"][n])
+    if ctx.scaler is not None and state["scaler"]:
+        ctx.scaler.load_state_dict(state["scaler"])
+    ctx._opt_steps, ctx._micro = dict(state["opt_steps"]), dict(state["micro"])
+    ctx.step, ctx.phase = state["step"], state["phase"]
+    if ctx.rank < len(state["rng"]):
+        set_rng_state(state["rng"][ctx.rank])
+    restore_per_rank_state(ctx.method, state.get("per_rank", []), ctx.rank)
+    return state["epoch_done"], state["step_in_epoch"]
 
-    def batches(split: str, shuffle: bool = False, epoch: int = 0, drop_last: bool = False):
-        return shards[split].iter_torch_batches(
-            batch_size=bs, drop_last=drop_last, device=device, prefetch_batches=2,
-            local_shuffle_buffer_size=(exp.data.shuffle_buffer or None) if shuffle else None,
-            local_shuffle_seed=(exp.run.seed * 7919 + epoch * 31 + rank) if shuffle else None,
-        )
 
-    ctx.datasets = {s: (lambda s=s: batches(s)) for s in shards if s != "train"}
-    run_state = reader._run_state(config.get("run_state"))
-    eval_fn = lambda: batches("eval") if "eval" in shards else iter(())  # noqa: E731
-    phases = _epochs_of(method) or [("main", total_epochs)]
+def run_epochs(ctx: StepContext, batches: Callable, report: Callable, *, start_epoch: int = 0, skip_steps: int = 0,
+               resumed: bool = False, on_epoch_begin: Callable | None = None, skipped_in_epoch: Callable | None = None) -> list[dict]:
+    """The epoch loop every backend shares: phases, hooks, steps, logging, evaluation, reports.
+
+    `batches(split, shuffle=, epoch=, drop_last=)` yields torch batches of this worker's part of a
+    split; `report(metrics, epoch_done, step_in_epoch, with_checkpoint=True)` is called at every
+    checkpoint boundary. Returns the per-epoch metrics of the epochs run here.
+    """
+    method, exp, t_cfg, rank = ctx.method, ctx.exp, ctx.exp.train, ctx.rank
+    tb = ctx.tb
+    ctx.datasets = {s: (lambda s=s: batches(s)) for s in ("eval", "train_eval")}
+    eval_fn = lambda: batches("eval")  # noqa: E731
+    phases = _epochs_of(method) or [("main", t_cfg.epochs)]
     epoch_to_phase = [name for name, n in phases for _ in range(n)]
     ck_every = t_cfg.checkpoint_every_steps
-
-    def report(metrics: dict, epoch_done: int, step_in_epoch: int, with_checkpoint: bool = True) -> None:
-        rngs = dist_utils.gather_objects(rng_state())
-        with tempfile.TemporaryDirectory() as tmp:
-            ck = None
-            if with_checkpoint and rank == 0:
-                save_checkpoint(tmp, ctx, epoch_done, step_in_epoch, rngs)
-                ck = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ck)
-
+    steps_per_epoch = ctx.steps_per_epoch
+    first_opt = next(iter(ctx.optimizers))
+    history: list[dict] = []
     last_metrics: dict = {}
-    started_phase = ctx.phase if checkpoint is not None else None  # a resumed phase keeps its restored state
+    started_phase = ctx.phase if resumed else None  # a resumed phase keeps its restored state
     for epoch in range(start_epoch, len(epoch_to_phase)):
         ctx.epoch = epoch
         if epoch_to_phase[epoch] != started_phase:
@@ -435,8 +407,8 @@ def train_loop_per_worker(config: dict) -> None:
             ctx.phase = started_phase = epoch_to_phase[epoch]
             if hasattr(method, "on_phase_start"):
                 method.on_phase_start(ctx)
-        if rank == 0 and run_state is not None:
-            ray.get(run_state.set_epoch.remote(epoch))
+        if on_epoch_begin is not None:
+            on_epoch_begin(epoch)
         dist_utils.barrier()
         method.train()
         if hasattr(method, "on_epoch_start"):
@@ -466,7 +438,7 @@ def train_loop_per_worker(config: dict) -> None:
             n_logged += 1
             if rank == 0 and ctx.step % t_cfg.log_every_steps == 0:
                 now = time.perf_counter()
-                ctx.log({**{k: float(v) for k, v in logs.items()}, "lr": ctx.lr(next(iter(optimizers))),
+                ctx.log({**{k: float(v) for k, v in logs.items()}, "lr": ctx.lr(first_opt),
                          "samples_per_s_per_worker": samples / max(now - t0, 1e-9)})
             if ck_every and ctx.step % ck_every == 0:
                 report({**last_metrics, "epoch": epoch + step_in_epoch / steps_per_epoch, "step": ctx.step}, epoch, step_in_epoch)
@@ -479,12 +451,12 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {f"train_{k}": v / max(1, n_logged) for k, v in sums.items()}
         metrics.update({
             "epoch": epoch + 1, "step": ctx.step, "phase": ctx.phase,
-            "samples_per_s": samples * world / max(elapsed, 1e-9),
+            "samples_per_s": samples * ctx.world_size / max(elapsed, 1e-9),
             "samples_per_s_per_worker": samples / max(elapsed, 1e-9),
             "ingest_wait_fraction": t_wait / max(elapsed, 1e-9),
         })
-        if run_state is not None:
-            skipped = ray.get(run_state.skipped_in_epoch.remote(epoch))
+        if skipped_in_epoch is not None:
+            skipped = skipped_in_epoch(epoch)
             metrics["skipped_samples"] = len(skipped)
             if skipped and rank == 0:
                 print(f"[contrastlab] epoch {epoch + 1}: skipped {len(skipped)} bad sample(s): "
@@ -495,12 +467,86 @@ def train_loop_per_worker(config: dict) -> None:
                 metrics.update(method.evaluate(eval_fn, ctx))
             method.train()
         if rank == 0:
-            tb.scalars({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, ctx.step, "epoch/")
-            tb.flush()
+            if tb is not None:
+                tb.scalars({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, ctx.step, "epoch/")
+                tb.flush()
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
             print(f"[contrastlab] epoch {epoch + 1}/{len(epoch_to_phase)} {json.dumps(shown, default=str)}")
         last_metrics = {k: v for k, v in metrics.items() if not k.startswith("train_")}
+        history.append(metrics)
         report(metrics, epoch + 1, 0)
     if hasattr(method, "on_phase_end") and start_epoch < len(epoch_to_phase):
         method.on_phase_end(ctx)
+    return history
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+
+    from contrastlab.methods.registry import get_method
+    from contrastlab.platform.data import reader
+
+    exp = Experiment.from_dict(config["experiment"])
+    t_cfg = exp.train
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    torch.set_num_threads(max(1, int(config.get("torch_threads", 1))))
+    device = ray.train.torch.get_device() if world > 0 else torch.device("cpu")
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
+
+    torch.manual_seed(exp.run.seed)  # identical initial weights on every rank
+    method = get_method(exp.method_name)(exp.method).to(device)
+    seed_everything(exp.run.seed + 1000 * rank)
+    tb = TBLogger(config.get("tb_dir"), enabled=rank == 0)
+    ctx = build_context(exp, method, device=device, rank=rank, world=world, tb=tb,
+                        steps_per_epoch=max(1, int(config["steps_per_epoch"])), meta=config.get("meta", {}))
+
+    start_epoch, skip_steps = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckdir:
+            state = load_checkpoint_state(ckdir, exp)
+        start_epoch, skip_steps = restore_context(ctx, state)
+        if rank == 0:
+            print(f"[contrastlab] resumed from checkpoint: epoch {start_epoch}, step {ctx.step}"
+                  + (f", {skip_steps} steps into the epoch" if skip_steps else ""))
+    broadcast_parameters(method)
+
+    shards = {"train": ray.train.get_dataset_shard("train")}
+    for extra in ("eval", "train_eval"):
+        try:
+            shards[extra] = ray.train.get_dataset_shard(extra)
+        except Exception:  # noqa: BLE001 - a dataset the run did not define
+            pass
+    bs = t_cfg.batch_size
+
+    def batches(split: str, shuffle: bool = False, epoch: int = 0, drop_last: bool = False):
+        if split not in shards:
+            return iter(())
+        return shards[split].iter_torch_batches(
+            batch_size=bs, drop_last=drop_last, device=device, prefetch_batches=2,
+            local_shuffle_buffer_size=(exp.data.shuffle_buffer or None) if shuffle else None,
+            local_shuffle_seed=(exp.run.seed * 7919 + epoch * 31 + rank) if shuffle else None,
+        )
+
+    run_state = reader._run_state(config.get("run_state"))
+
+    def report(metrics: dict, epoch_done: int, step_in_epoch: int, with_checkpoint: bool = True) -> None:
+        rngs = dist_utils.gather_objects(rng_state())
+        per_rank = dist_utils.gather_objects(local_per_rank_state(method)) if per_rank_keys(method) else []
+        with tempfile.TemporaryDirectory() as tmp:
+            ck = None
+            if with_checkpoint and rank == 0:
+                save_checkpoint(tmp, ctx, epoch_done, step_in_epoch, rngs, per_rank)
+                ck = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ck)
+
+    def on_epoch_begin(epoch: int) -> None:
+        if rank == 0 and run_state is not None:
+            ray.get(run_state.set_epoch.remote(epoch))
+
+    skipped = (lambda epoch: ray.get(run_state.skipped_in_epoch.remote(epoch))) if run_state is not None else None
+    run_epochs(ctx, batches, report, start_epoch=start_epoch, skip_steps=skip_steps, resumed=checkpoint is not None,
+               on_epoch_begin=on_epoch_begin, skipped_in_epoch=skipped)
     tb.close()

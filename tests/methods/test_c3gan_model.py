@@ -126,3 +126,47 @@ def test_assignment_depends_only_on_d_in_eval_mode():  # 11
     x = torch.rand(6, 1, 32, 32) * 2 - 1
     a = disc.assign(x)
     assert a.shape == (6,) and torch.equal(a, disc.assign(x)) and torch.equal(a[:2], disc.assign(x[:2]))
+
+
+def test_d_step_gathers_real_embeddings_for_simclr_and_entropy():  # card i: global batch under DDP
+    gen, disc = _nets()
+    real, aug = torch.rand(4, 1, 32, 32) * 2 - 1, torch.rand(4, 1, 32, 32) * 2 - 1
+    calls = []
+
+    def fake_gather(x):  # a "second worker" holding a detached copy of this worker's rows
+        calls.append(tuple(x.shape))
+        return torch.cat([x, x.detach() + 0.5])
+
+    torch.manual_seed(1)
+    total, terms = discriminator_step_loss(gen, disc, real, aug, sample_inputs(4, 10, torch.Generator().manual_seed(0)), None, 0.1, gather=fake_gather)
+    assert calls == [(4, 128), (4, 128)]  # h(real) and h(aug), nothing else
+    torch.manual_seed(1)
+    local, local_terms = discriminator_step_loss(gen, disc, real, aug, sample_inputs(4, 10, torch.Generator().manual_seed(0)), None, 0.1)
+    assert terms["d_hinge"] == local_terms["d_hinge"] and terms["d_info"] == local_terms["d_info"]  # local terms stay local
+    assert terms["d_simclr"] != local_terms["d_simclr"]  # 2 x 8 - 2 negatives per row instead of 6
+    assert {"r_real", "r_fake"} <= set(terms)
+
+
+def _bn_running(disc):
+    return [t.clone() for m in disc.modules() if isinstance(m, torch.nn.BatchNorm2d) for t in (m.running_mean, m.running_var)]
+
+
+@pytest.mark.parametrize("bn_stats", ["real", "all"])
+def test_bn_running_stats_follow_real_images_only_when_asked(bn_stats):
+    gen, disc = _nets()
+    real, aug = torch.rand(8, 1, 32, 32) * 2 - 1, torch.rand(8, 1, 32, 32)
+    ref = Discriminator(10, img_size=32, img_channels=1)
+    ref.load_state_dict(disc.state_dict())
+    ref(real)  # one train-mode forward of the real batch alone
+    g = torch.Generator().manual_seed(0)
+    loss, _ = discriminator_step_loss(gen, disc, real, aug, sample_inputs(8, 10, g), sample_theta(8, "weak", g), bn_stats=bn_stats)
+    generator_step_loss(gen, disc, sample_inputs(8, 10, g), sample_theta(8, "weak", g), bn_stats=bn_stats)
+    same = all(torch.allclose(a, b) for a, b in zip(_bn_running(disc), _bn_running(ref)))
+    assert same == (bn_stats == "real")
+    assert all(m.momentum == 0.1 for m in disc.modules() if isinstance(m, torch.nn.BatchNorm2d))  # restored
+    # the training maths does not depend on the option: same loss either way
+    gen2, disc2 = _nets()
+    other = "all" if bn_stats == "real" else "real"
+    g = torch.Generator().manual_seed(0)
+    loss2, _ = discriminator_step_loss(gen2, disc2, real, aug, sample_inputs(8, 10, g), sample_theta(8, "weak", g), bn_stats=other)
+    assert torch.allclose(loss, loss2)

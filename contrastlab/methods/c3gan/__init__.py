@@ -1,4 +1,6 @@
-"""C3-GAN: Contrastive fine-grained class clustering via GANs (Kim & Ha, ICLR 2022). Pure pieces.
+"""C3-GAN: Contrastive fine-grained class clustering via GANs (Kim & Ha, ICLR 2022).
+
+method.py (C3GAN, the platform method: two optimisers, evaluation, grids); the pure pieces:
 
 model.py (Generator, Discriminator, D/G step loss helpers), loss.py (all loss terms, code
 sampling), warp.py (affine warp of the foreground), evaluation.py (official ACC/NMI, cluster

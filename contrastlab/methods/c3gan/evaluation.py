@@ -6,6 +6,12 @@
 - NMI (official): p_ij = T / N, H with log2 and +1e-6 inside each log,
   MI = sum_ij p_ij log2(p_ij / (p_i p_j + 1e-6) + 1e-6), NMI = MI / max(H_class, H_cluster).
   Not sklearn's arithmetic-mean NMI; a perfect clustering scores ~0.99999, not 1.
+- `cluster_metrics`: the platform's names for the method's metrics: cluster_acc (Hungarian, each
+  class matched to OVER clusters), cluster_nmi (scikit-learn, arithmetic mean, comparable with the
+  other methods), cluster_ari, plus cluster_nmi_official and the usage of real-image clusters; ACC,
+  NMI and ARI come from the evaluation library (contrastlab.platform.eval).
+- `generator_collapse`: mode-collapse diagnostic on generated samples (how many clusters the
+  samples of all Y codes fall into, and how often a sample lands in its own code's cluster).
 Inputs are integer arrays (numpy or torch); gather predictions from all ranks first.
 """
 from __future__ import annotations
@@ -79,4 +85,35 @@ def clustering_report(true_labels, pred, n_clusters: int, over: int = 1) -> dict
         "nmi_sklearn": float(normalized_mutual_info_score(t, p)),
         "ari": float(adjusted_rand_score(t, p)),
         **cluster_usage(p, n_clusters),
+    }
+
+
+def cluster_metrics(true_labels, pred, n_clusters: int, over: int = 1) -> dict[str, float]:
+    """Evaluation metrics of the method under the platform's names (see the module docstring)."""
+    from contrastlab.platform.eval import ari, clustering_accuracy, nmi
+
+    t, p = _np(true_labels), _np(pred)
+    usage = cluster_usage(p, n_clusters)
+    return {
+        "cluster_acc": clustering_accuracy(t, p, clusters_per_class=over),
+        "cluster_nmi": nmi(t, p),
+        "cluster_ari": ari(t, p),
+        "cluster_nmi_official": official_nmi(t, p, n_clusters),
+        **{f"real_{k}": float(v) for k, v in usage.items()},
+    }
+
+
+def generator_collapse(codes, assigned, n_clusters: int) -> dict[str, float]:
+    """Mode-collapse diagnostic: D's clusters of generated samples against the codes that made them.
+
+    gen_clusters_hit: distinct clusters the samples of all Y codes fall into (collapse -> 1, healthy -> Y);
+    gen_code_agreement: fraction of samples assigned to their own code's cluster (the info term's job);
+    gen_codes_distinct: distinct modal clusters over the codes (codes that look alike share one).
+    """
+    c, a = _np(codes), _np(assigned)
+    modal = {int(k): int(np.bincount(a[c == k], minlength=n_clusters).argmax()) for k in np.unique(c)}
+    return {
+        "gen_clusters_hit": float(len(np.unique(a))),
+        "gen_code_agreement": float((c == a).mean()) if len(c) else 0.0,
+        "gen_codes_distinct": float(len(set(modal.values()))),
     }

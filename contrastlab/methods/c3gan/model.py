@@ -12,7 +12,9 @@ BN bias 0.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -214,28 +216,78 @@ class Discriminator(nn.Module):
         return self.cluster_logits(self(x)[1], 1.0).argmax(dim=1)
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(module: nn.Module, enabled: bool = True):
+    """Train-mode BN inside the block still normalises with batch statistics (the training maths is
+    unchanged) but leaves the running mean/var alone (momentum 0)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(bns, saved):
+            m.momentum = momentum
+
+
+BN_STATS = ("real", "all")
+
+
 def discriminator_step_loss(
-    gen: Generator, disc: Discriminator, real: torch.Tensor, aug: torch.Tensor, inputs: dict, theta: torch.Tensor | None, tau: float = 0.1, **weights
+    gen: Generator,
+    disc: Discriminator,
+    real: torch.Tensor,
+    aug: torch.Tensor,
+    inputs: dict,
+    theta: torch.Tensor | None,
+    tau: float = 0.1,
+    gather: Callable[[torch.Tensor], torch.Tensor] = _identity,
+    bn_stats: str = "all",
+    **weights,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """D step: G outputs computed without gradient; four separate D calls (separate BN batches)."""
+    """D step: G outputs computed without gradient; four separate D calls (separate BN batches).
+
+    `bn_stats`: which D calls update D's BN running statistics, "all" (official: real, aug, fake and
+    masked-fake calls, so the last, masked-fake batch dominates the running stats) or "real" (only
+    the real-image call; see C3GANConfig.bn_stats). Batch statistics in the forward are the same.
+
+    `gather` (all-gather with gradient across workers) is applied to h(real) and h(aug), so NT-Xent
+    and the entropy terms see the global batch as in the official single-process code (card i).
+    Every rank then computes the same global loss; the gather's backward sums the W ranks'
+    gradients into each owner and the loop's gradient average divides by W, so the gradient is
+    exactly that of the global loss. The returned terms also hold the mean logits r_real, r_fake.
+    """
     with torch.no_grad():
         out = gen(inputs["z"], inputs["onehot"], inputs["cz"], theta)
+    if bn_stats not in BN_STATS:
+        raise ValueError(f"bn_stats must be one of {BN_STATS}, got {bn_stats!r}")
     r_real, h_real = disc(real)
-    _, h_aug = disc(aug)
-    r_fake, h_fake = disc(out["fake"])
-    _, h_masked = disc(out["masked_fake"])
-    return d_loss(r_real, r_fake, h_fake, h_masked, h_real, h_aug, disc.centroids(), inputs["codes"], tau, **weights)
+    with frozen_bn_stats(disc, bn_stats == "real"):
+        _, h_aug = disc(aug)
+        r_fake, h_fake = disc(out["fake"])
+        _, h_masked = disc(out["masked_fake"])
+    total, terms = d_loss(r_real, r_fake, h_fake, h_masked, gather(h_real), gather(h_aug), disc.centroids(), inputs["codes"], tau, **weights)
+    return total, {**terms, "r_real": r_real.detach().float().mean(), "r_fake": r_fake.detach().float().mean()}
 
 
 def generator_step_loss(
-    gen: Generator, disc: Discriminator, inputs: dict, theta: torch.Tensor | None, tau: float = 0.1, **weights
+    gen: Generator, disc: Discriminator, inputs: dict, theta: torch.Tensor | None, tau: float = 0.1, bn_stats: str = "all", **weights
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """G step: D forward with gradient (freeze D's parameters / step only G's optimiser).
 
+    With bn_stats="real" these fake-image calls leave D's BN running statistics alone.
     Returns (total, terms, G outputs) so the caller can log the mean mask.
     """
+    if bn_stats not in BN_STATS:
+        raise ValueError(f"bn_stats must be one of {BN_STATS}, got {bn_stats!r}")
     out = gen(inputs["z"], inputs["onehot"], inputs["cz"], theta)
-    r_fake, h_fake = disc(out["fake"])
-    _, h_masked = disc(out["masked_fake"])
+    with frozen_bn_stats(disc, bn_stats == "real"):
+        r_fake, h_fake = disc(out["fake"])
+        _, h_masked = disc(out["masked_fake"])
     total, terms = g_loss(r_fake, h_fake, h_masked, disc.centroids(), inputs["codes"], out["mask"], tau, **weights)
     return total, terms, out

@@ -7,26 +7,23 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from contrastlab.platform import distributed as dist_utils
-from contrastlab.platform.eval import average_prompt_embeddings, retrieval_recall, zero_shot_topk
+from contrastlab.platform.eval import average_prompt_embeddings, extract_features, retrieval_recall, zero_shot_topk
 
 
 def collect_eval_features(eval_batches: Callable[[], Iterable[dict]], encode_image, encode_text, label_fields: list[str]):
     """Run both towers over this rank's eval shard; gather (index-deduplicated) from all ranks."""
-    rows: dict[str, list[np.ndarray]] = {"image": [], "text": [], "index": [], **{f: [] for f in label_fields}}
-    for batch in eval_batches():
-        rows["image"].append(encode_image(batch["image"]).float().cpu().numpy())
-        rows["text"].append(encode_text(batch["text"]).float().cpu().numpy())
-        rows["index"].append(batch["index"].cpu().numpy())
-        for f in label_fields:
-            rows[f].append(batch[f].cpu().numpy())
-    local = {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in rows.items()}
-    parts = [p for p in dist_utils.gather_objects(local) if len(p["index"])]
-    if not parts:
+    dims: list[int] = []
+
+    def both(batch: dict) -> torch.Tensor:
+        image, text = encode_image(batch["image"]).float(), encode_text(batch["text"]).float()
+        dims[:] = [image.shape[1]]
+        return torch.cat([image, text], dim=1)
+
+    index, feats, columns = extract_features(eval_batches, both)
+    if not len(index):
         return None
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in local}
-    _, first = np.unique(merged["index"], return_index=True)
-    return {k: v[first] for k, v in merged.items()}
+    d = feats.shape[1] // 2 if not dims else dims[0]
+    return {"image": feats[:, :d], "text": feats[:, d:], "index": index, **{f: columns[f] for f in label_fields}}
 
 
 def evaluate_image_text(eval_batches, encode_image, encode_text, tokenizer, meta: dict, device) -> dict[str, float]:

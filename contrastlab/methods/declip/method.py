@@ -108,6 +108,7 @@ class DeCLIP(nn.Module):
     default_dataset = "shapes-captions"
     dataset_splits = {"train": "train", "eval": "heldout"}
     eval_metric = "zeroshot_colour_shape_top1"  # card i: tune on zero-shot accuracy, not the loss
+    per_rank_state = ("queue.",)  # each worker's own NN queue: never broadcast, saved per rank in checkpoints
     train_defaults = {"batch_size": 64, "epochs": 8, "log_every_steps": 10}
     # --smoke: 2 trials x 3 epochs of 16 steps on 1,024 pairs. One trial of 3 x 20 steps took 2 min 12 s
     # on the shared 2-core machine (the two trials run one after the other), so 16 steps keep 2 under 5 min.

@@ -17,7 +17,8 @@ Per anchor i with positive p, candidate logits s_ij = <q_i, n_j> / tau and FN se
   (FN stay in the denominator and are pulled as extra positives, SupCon style)
 
 L = (1/M) sum_m mean_i l_i^m   [R: average over hierarchy levels, as PCL does].
-With nothing accepted every level is the plain loss, so L equals plain InfoNCE / NT-Xent.
+With nothing accepted (no FN anywhere) L is the plain InfoNCE / NT-Xent value bit for bit: the
+same cross-entropy computation the base method (no labels) runs, not a level average of it.
 All maths in fp32.
 """
 from __future__ import annotations
@@ -48,6 +49,18 @@ def _as_levels(labels: torch.Tensor | None, accepted: torch.Tensor | None, n: in
     if labels.shape != accepted.shape or labels.shape[1] != n:
         raise ValueError(f"labels {tuple(labels.shape)} and accepted {tuple(accepted.shape)} must both be (M, {n})")
     return labels.to(device=device, dtype=torch.long), accepted.to(device=device, dtype=torch.bool)
+
+
+def _select_plain_if_no_fn(masks: list[torch.Tensor], per_level: list[torch.Tensor], plain: torch.Tensor) -> torch.Tensor:
+    """Mean over levels, or exactly the plain loss when no level has a single FN.
+
+    Averaging M equal level losses, or the attraction formula with |F| = 0, can differ from the
+    plain loss in the last bit; the base method must be reproduced exactly (card b: acceptance 0
+    equals plain InfoNCE), so the no-FN case returns the plain value itself. torch.where keeps
+    this free of a host sync, and routes the gradient only through the selected branch.
+    """
+    any_fn = torch.stack([fn.any() for fn in masks]).any()
+    return torch.where(any_fn, torch.stack(per_level).mean(), plain)
 
 
 def lookup_labels(indices: torch.Tensor, labels_table: torch.Tensor, accepted_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,11 +147,13 @@ def ifnd_queue_loss(
     logits = torch.cat([pos, q @ queue.T], dim=1) / temperature
     target = torch.zeros(b, dtype=torch.long, device=q.device)
     no_fn_col = torch.zeros((b, 1), dtype=torch.bool, device=q.device)
-    per_level = []
+    plain = contrastive_with_false_negatives(logits, target, torch.zeros_like(logits, dtype=torch.bool), "elim").mean()
+    per_level, masks = [], []
     for m in range(a_lab.shape[0]):
         fn = torch.cat([no_fn_col, false_negative_mask(a_lab[m], a_acc[m], q_lab[m], q_acc[m])], dim=1)
+        masks.append(fn)
         per_level.append(contrastive_with_false_negatives(logits, target, fn, strategy).mean())
-    return torch.stack(per_level).mean()
+    return _select_plain_if_no_fn(masks, per_level, plain)
 
 
 def ifnd_inbatch_loss(
@@ -186,13 +201,15 @@ def ifnd_inbatch_loss(
     g = torch.arange(all_z.shape[0], device=z.device)
     img_of_col = (g // n_local) * b + (g % n_local) % b
     img_of_row = rank * b + rows % b
-    per_level = []
+    plain = contrastive_with_false_negatives(logits, pos_col, torch.zeros_like(invalid), "elim", invalid).mean()
+    per_level, masks = [], []
     for m in range(lab.shape[0]):
         fn = false_negative_mask(all_lab[m, img_of_row], all_acc[m, img_of_row], all_lab[m, img_of_col], all_acc[m, img_of_col])
         fn[rows, self_col] = False
         fn[rows, pos_col] = False
+        masks.append(fn)
         per_level.append(contrastive_with_false_negatives(logits, pos_col, fn, strategy, invalid).mean())
-    return torch.stack(per_level).mean()
+    return _select_plain_if_no_fn(masks, per_level, plain)
 
 
 def info_nce(q: torch.Tensor, k_pos: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:

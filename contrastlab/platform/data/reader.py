@@ -203,13 +203,15 @@ class PreprocessBatches:
     `__key__`. It raises `DecodeError` (or KeyError/ValueError) for a bad sample.
     """
 
-    def __init__(self, sample_fn: SampleFn, required: tuple[str, ...], policy: str, run_state_name: str | None, seed: int, split: str):
+    def __init__(self, sample_fn: SampleFn, required: tuple[str, ...], policy: str, run_state_name: str | None, seed: int, split: str,
+                 epoch: int | None = None):
         self.sample_fn, self.required, self.policy = sample_fn, required, policy
         self.run_state_name, self.seed, self.split = run_state_name, seed, split
+        self.epoch = epoch  # fixed epoch for in-process use; None = ask the run's epoch clock
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        epoch = 0
-        if self.split == "train":
+        epoch = self.epoch or 0
+        if self.split == "train" and self.epoch is None:
             actor = _run_state(self.run_state_name)
             if actor is not None:
                 import ray

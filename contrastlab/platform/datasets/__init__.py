@@ -20,7 +20,8 @@ import pathlib
 import shutil
 from typing import Any
 
-from . import digits, fashion_captions, fashion_mnist, shapes_captions
+import importlib
+
 from ._common import DatasetSpec, log
 from ._paths import DatasetPaths, finalize_dataset, load_dataset_paths, temporary_sibling
 from .cub import convert_cub
@@ -39,15 +40,44 @@ __all__ = [
 DEFAULT_CACHE = "~/.cache/contrastlab/datasets"
 
 
-_REGISTRY: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in (shapes_captions.SPEC, fashion_captions.SPEC, fashion_mnist.SPEC, digits.SPEC)
+# dataset name -> module of this package defining `SPEC`; imported on first use, so a generator's
+# heavy imports (PyAV, scipy.io, ...) cost nothing to users of other datasets.
+_MODULES: dict[str, str] = {
+    "shapes-captions": "shapes_captions",
+    "fashion-captions": "fashion_captions",
+    "fashion-mnist": "fashion_mnist",
+    "digits": "digits",
+    "shapes-relations": "shapes_relations",  # UNIMO
+    "fashion-products": "fashion_products",  # SCALE
+    "moving-shapes": "moving_shapes",  # FAME
+    "synthetic-reid": "synthetic_reid",  # UCR
+    "fashion-scenes": "fashion_scenes",  # PPC
+    "usgs-cube": "usgs_cube",  # CVP
 }
+
+
+class _Registry(dict):
+    def __missing__(self, name: str) -> DatasetSpec:
+        spec = importlib.import_module(f"{__name__}.{_MODULES[name]}").SPEC
+        self[name] = spec
+        return spec
+
+    def __contains__(self, name) -> bool:
+        return name in _MODULES
+
+
+_REGISTRY: dict[str, DatasetSpec] = _Registry()
+
+
+def register_dataset(name: str, module: str) -> None:
+    """Add an embedded dataset: `module` (a module of this package) defines `SPEC`."""
+    _MODULES[name] = module
+    _REGISTRY.pop(name, None)
 
 
 def list_datasets() -> dict[str, str]:
     """name -> one-line description of every embedded dataset."""
-    return {name: spec.description for name, spec in sorted(_REGISTRY.items())}
+    return {name: _REGISTRY[name].description for name in sorted(_MODULES)}
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -81,7 +111,7 @@ def _dataset_hash(name: str, seed: int, params: dict, version: int) -> str:
 def ensure_dataset(name: str, *, seed: int = 0, cache_dir: str | os.PathLike | None = None, **params) -> DatasetPaths:
     """Return the dataset `name` generated with `seed` and `params`, generating it on first use."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(_REGISTRY))}")
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(_MODULES))}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     spec = _REGISTRY[name]

@@ -14,12 +14,12 @@ import argparse
 import json
 import sys
 
-from . import _REGISTRY, convert_cub, convert_image_folder, ensure_dataset, list_datasets
+from . import _MODULES, _REGISTRY, convert_cub, convert_image_folder, ensure_dataset, list_datasets
 
 
 def _parse_params(name: str, pairs: list[str]) -> dict:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(_REGISTRY))}")
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(_MODULES))}")
     defaults, params = _REGISTRY[name].defaults, {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")

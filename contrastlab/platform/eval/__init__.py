@@ -10,9 +10,11 @@ the features' device in float32) and returns python floats, numpy arrays or dict
 - segmentation: `segmentation_confusion`, `miou`, `cam_to_mask`, `sweep_background_threshold`
 - hyperspectral: `hsi_scores` (OA, AA, kappa)
 - TensorBoard: `export_embeddings`
+- distributed: `extract_features` (run a model over every Train worker's part of a split, gathered in index order)
 """
 from .clustering import ari, clustering_accuracy, contingency_table, nmi
 from .embeddings import export_embeddings
+from .features import extract_features
 from .hsi import hsi_scores
 from .knn import knn_accuracy, knn_predict
 from .probe import DEFAULT_C_GRID, linear_probe
@@ -30,6 +32,7 @@ __all__ = [
     "clustering_accuracy",
     "contingency_table",
     "export_embeddings",
+    "extract_features",
     "hsi_scores",
     "knn_accuracy",
     "knn_predict",

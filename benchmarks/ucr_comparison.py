@@ -1,0 +1,102 @@
+"""UCR vs sequential fine-tuning (no rehearsal) on synthetic-reid, same budget (card g), to JSON.
+
+    # full: default synthetic-reid (source d0 + seen d1-d3 + unseen u1-u2, 60 train ids x 8 images per
+    # domain), 2 source epochs + 6 epochs per domain, batch 128, 3 seeds x 2 arms
+    python benchmarks/ucr_comparison.py --out ucr_comparison.json --seeds 0 1 2
+
+    # plumbing check: small data, 1 epoch per phase
+    python benchmarks/ucr_comparison.py --quick --out /tmp/ucr_quick.json --seeds 0 1
+
+Arms (identical except the rehearsal switch): `finetune` = method.rehearsal=false (no buffer, no
+L_old, no L_kl: the same pseudo-label pipeline, L_ccl + L_cam only); `ucr` = the full method. Both
+start from the same labelled warm start on d0 (same seed -> same initial weights and same source
+phase), see the same batches and the same number of steps. Every run is in-process (run_local).
+
+Reported per arm (mean +- sample std over seeds): seen-domain mAP after the last phase
+(`mAP_seen`), each seen domain's mAP, forgetting (mAP of a domain right after its own phase minus
+after the last phase; mean over all but the last domain, and of d1), unseen mAP (`mAP_unseen`) and
+rank-1, plus the domain x phase mAP table of every run. Card g's "working" criterion: UCR's d1 mAP
+>= fine-tune + 5 points, higher seen average, unseen not lower by > 1 point, forgetting halved.
+Resumable: runs already in --out are skipped (--fresh starts over).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for a plain checkout
+
+import numpy as np  # noqa: E402
+
+ARMS = {"finetune": ["method.rehearsal=false"], "ucr": ["method.rehearsal=true"]}
+# quick: fewer steps per domain, so the mean teacher uses alpha 0.99 (0.999 would barely move in ~20 steps)
+QUICK = ["method.source_epochs=2", "method.epochs_per_domain=2", "train.epochs=8", "train.eval_every_epochs=2",
+         "train.batch_size=64", "method.ema_alpha=0.99",
+         "data.embedded_params={n_train_ids: 20, images_per_train_id: 8, n_test_ids: 12, images_per_test_id: 6}"]
+KEYS = ("mAP_seen", "mAP_unseen", "rank1_seen", "rank1_unseen", "forgetting_mean")
+
+
+def run_one(arm: str, seed: int, quick: bool, extra: list[str]) -> dict:
+    import torch
+
+    from contrastlab.platform.local import run_local
+
+    torch.set_num_threads(1)
+    sets = ARMS[arm] + [f"run.seed={seed}"] + (QUICK if quick else []) + list(extra)
+    t0 = time.time()
+    r = run_local("ucr", sets, quiet=True)
+    last = r.history[-1]
+    table = r.method.domain_phase_table(r.meta)
+    seen = [d for d in r.method.cfg.domains.split(",") if d]
+    out = {"arm": arm, "seed": seed, "wall_s": round(time.time() - t0, 1), "table": table,
+           **{k: float(last[k]) for k in KEYS if k in last},
+           **{f"mAP_{d}": float(last[f"mAP_{d}"]) for d in r.meta["domain_names"] if f"mAP_{d}" in last}}
+    out["forgetting_first"] = table[seen[0]][seen[0]] - table[seen[0]][seen[-1]] if seen[0] in table else float("nan")
+    return out
+
+
+def summarize(runs: list[dict]) -> dict:
+    summary = {}
+    for arm in ARMS:
+        rows = [r for r in runs if r["arm"] == arm]
+        if not rows:
+            continue
+        keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, float) and k != "wall_s"})
+        summary[arm] = {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0)
+                        for k in keys}
+    return summary
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--fresh", action="store_true")
+    p.add_argument("--set", dest="extra", action="append", default=[], help="extra --set override for both arms")
+    args = p.parse_args(argv)
+    runs = [] if args.fresh or not os.path.exists(args.out) else json.load(open(args.out)).get("runs", [])
+    for seed in args.seeds:
+        for arm in ARMS:
+            if any(r["arm"] == arm and r["seed"] == seed for r in runs):
+                continue
+            runs.append(run_one(arm, seed, args.quick, args.extra))
+            print(f"{arm} seed {seed}: " + ", ".join(f"{k}={runs[-1][k]:.4f}" for k in KEYS if k in runs[-1]), flush=True)
+            with open(args.out, "w") as fh:
+                json.dump({"quick": args.quick, "runs": runs, "summary": summarize(runs)}, fh, indent=1)
+    summary = summarize(runs)
+    with open(args.out, "w") as fh:
+        json.dump({"quick": args.quick, "runs": runs, "summary": summary}, fh, indent=1)
+    keys = ["mAP_seen", "mAP_unseen", "forgetting_mean", "forgetting_first"] + sorted(
+        k for k in next(iter(summary.values()), {}) if k.startswith("mAP_d"))
+    print(f"{'arm':10s} " + " ".join(f"{k:>18s}" for k in keys))
+    for arm, s in summary.items():
+        print(f"{arm:10s} " + " ".join(f"{s[k][0]:8.4f} ± {s[k][1]:6.4f}" if k in s else f"{'-':>18s}" for k in keys))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Cross-View-Prediction (CVP): self-supervised hyperspectral features + SVM (card cvp.md)."""

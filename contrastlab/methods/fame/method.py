@@ -1,0 +1,264 @@
+"""FAME on the platform: MoCo on video clips whose query clip is foreground-background merged.
+
+Spec: the method card `fame.md`. One step on a local batch of B videos, two uint8 clips each:
+
+    c1, c2 = clip_q, clip_k in [0, 1]                 (crop + flip already applied in the sample fn)
+    x_q = aug(FAME(c1)),  x_k = aug(c2)               (FAME: mask + merge onto a shuffled partner's background)
+    L = 1/2 [ l(f_q(x_q), f_k(x_k)) + l(f_q(x_k), f_k(x_q)) ]
+    l(q, k) = CE([q.k, q.Q] / T, 0),  k = shuffle-BN key forward under no_grad
+
+then the keys of both terms, all-gathered across workers (`ctx.gather(k, grad=False)`), are pushed
+into the queue (2 B_global keys per step), and after the optimiser step the key encoder moves by
+theta_k <- m theta_k + (1 - m) theta_q (`after_optimizer_step`; the update the official code does
+before the first term of the next step, so the order of operations is the same).
+
+Shuffle-BN: across DDP workers MoCo's gather-shuffle-scatter (`key_forward_shuffle_ddp`); on a single
+worker (`shuffle_bn="auto"` with one worker, or "split") the key batch is shuffled and run as
+`bn_splits` sub-batches with their own BN statistics (`key_forward_split_bn`): a shuffle alone would not
+change the statistics of one BN over the whole batch. "off" = plain forward.
+
+Evaluation (debiased test split): frozen backbone features (mean over `eval_clips` clips), a
+logistic-regression probe fit on the (background-biased) training split, top-1 on the test split;
+test -> train class retrieval R@1/5/10 with per-set centring; and, when the data has `bg_id`, a
+probe for the background family (lower = less background in the features).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from contrastlab.methods.base import OptimSpec
+from contrastlab.methods.fame.augment import ClipColourAugment, normalize_clips, uint8_clips_to_float
+from contrastlab.methods.fame.data import make_sample_fn
+from contrastlab.methods.fame.evaluation import class_retrieval_recall, gather_features
+from contrastlab.methods.fame.mask import fame, gaussian_kernel_size
+from contrastlab.methods.fame.model import BACKBONES, VideoEncoder
+from contrastlab.methods.fame.moco import KeyQueue, key_forward_shuffle_ddp, key_forward_split_bn, moco_loss, momentum_update_
+from contrastlab.platform import distributed as dist_utils
+
+
+@dataclass
+class FAMEConfig:
+    # encoder (card c; CPU default = the small-scale version of card g)
+    backbone: str = "small"  # small | r2plus1d_18 | r3d_18
+    embed_dim: int = 32  # card g: 32 for the small CNN; official 128
+    head_hidden: int = 0  # 0 = the backbone width (official)
+    # MoCo (card b/c; official K=65,536 K400 / 2,048 UCF101, m=0.999)
+    queue_size: int = 1024
+    momentum: float = 0.99  # card g small-scale value; official 0.999
+    temperature: float = 0.1
+    shuffle_bn: str = "auto"  # auto | split | ddp | off
+    bn_splits: int = 4  # sub-batches of the single-worker shuffle-BN equivalent
+    enqueue_after_each_term: bool = False  # [R] True: term 2 already sees term 1's keys in its queue
+    # FAME (card b)
+    use_fame: bool = True  # False = the MoCo baseline
+    beta: float = 0.5  # fraction of pixels kept as foreground
+    fg_seed: float = 0.5
+    bg_seed: float = 0.1
+    hue_quirk: bool = True  # official double 2pi on the radian hue
+    # clips (card d; CPU default = card g: 8 frames, crop 32, scale (0.5, 1))
+    clip_len: int = 8
+    frame_stride: int = 2
+    crop_size: int = 32
+    crop_scale_min: float = 0.5  # official 0.2
+    flip_prob: float = 0.5
+    eval_clips: int = 2  # official 10 uniformly spaced clips
+    eval_resize_ratio: float = 128 / 112
+    decode_cache: int = 0  # >0: keep that many decoded videos per sample-fn copy (tiny data, one process)
+    # GPU-side colour augmentation (card d)
+    colour_aug: bool = True
+    blur_sigma_once: bool = True  # official quirk: sigma ~ U(0.1, 2) drawn once at start-up
+    # optimiser (card e: SGD momentum 0.9, wd 1e-4, cosine)
+    lr: float = 0.03
+    weight_decay: float = 1e-4
+    sgd_momentum: float = 0.9
+    # evaluation
+    probe_bg: bool = True  # also probe the background family (synthetic data with bg_id)
+    probe_max_iter: int = 500
+    image_strip: int = 4  # clips in the TensorBoard clip/mask/merged strip per epoch; 0 = off
+
+    def validate(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"method.backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        for name in ("beta", "fg_seed", "bg_seed"):
+            v = getattr(self, name)
+            if not 0 < v < 1:
+                raise ValueError(f"method.{name} must lie in (0, 1), got {v}")
+        if self.fg_seed + self.bg_seed > 1:
+            raise ValueError(f"method.fg_seed + method.bg_seed must be <= 1 (disjoint seeds), got {self.fg_seed} + {self.bg_seed}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"method.momentum must lie in [0, 1), got {self.momentum}")
+        if self.temperature <= 0:
+            raise ValueError(f"method.temperature must be > 0, got {self.temperature}")
+        if self.queue_size < 1:
+            raise ValueError(f"method.queue_size must be >= 1, got {self.queue_size}")
+        if self.shuffle_bn not in ("auto", "split", "ddp", "off"):
+            raise ValueError(f"method.shuffle_bn must be auto, split, ddp or off, got {self.shuffle_bn!r}")
+        if self.clip_len < 2 or self.frame_stride < 1:
+            raise ValueError(f"method.clip_len must be >= 2 (FAME needs frame differences) and frame_stride >= 1, got {self.clip_len}, {self.frame_stride}")
+        if self.crop_size < 8 or self.eval_clips < 1:
+            raise ValueError(f"method.crop_size must be >= 8 and eval_clips >= 1, got {self.crop_size}, {self.eval_clips}")
+        if not 0 < self.crop_scale_min <= 1:
+            raise ValueError(f"method.crop_scale_min must lie in (0, 1], got {self.crop_scale_min}")
+
+
+class FAME(nn.Module):
+    Config = FAMEConfig
+    name = "fame"
+    modality = "video"
+    default_dataset = "moving-shapes"
+    dataset_splits = {"train": "train", "eval": "test"}  # test = background decorrelated from class
+    eval_metric = "probe_top1"
+    eval_mode = "max"
+    needs_train_features = True  # probe-train / retrieval gallery = the training split
+    train_defaults = {"batch_size": 32, "epochs": 30, "log_every_steps": 10}
+    # --smoke: 2 trials x 2 epochs on 320 tiny videos
+    smoke_overrides = {"train.epochs": 2, "data.embedded_params": "{n_train: 320, n_test: 160}"}
+
+    def __init__(self, cfg: FAMEConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        hidden = cfg.head_hidden or None
+        self.encoder_q = VideoEncoder(cfg.backbone, cfg.embed_dim, hidden)
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)
+        self.queue = KeyQueue(cfg.embed_dim, cfg.queue_size)
+        kernel = gaussian_kernel_size(cfg.crop_size)
+        self.colour_aug = ClipColourAugment(kernel, blur_sigma_once=cfg.blur_sigma_once) if cfg.colour_aug else None
+        self._strip: np.ndarray | None = None
+        self._want_strip = True
+
+    # ---- contract
+    @staticmethod
+    def make_preprocess(cfg: FAMEConfig, split: str, meta: dict):
+        return make_sample_fn(cfg, split), ("mp4",)
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder_q}
+
+    def optimizers(self) -> dict[str, OptimSpec]:
+        c = self.cfg  # MoCo decays every parameter (no 1-D exemption)
+        return {"main": OptimSpec(["encoder"], "sgd", lr=c.lr, weight_decay=c.weight_decay, momentum=c.sgd_momentum, no_decay_1d=False)}
+
+    @staticmethod
+    def search_space(cfg=None) -> dict:
+        """Card e. Queue sizes: {1024 .. 65536} that divide by 2 x the default batch (all powers of two do)."""
+        from ray import tune
+
+        return {
+            "method.beta": tune.choice([0.3, 0.4, 0.5, 0.6, 0.7]),
+            "method.temperature": tune.uniform(0.05, 0.2),
+            "method.lr": tune.loguniform(0.003, 0.05),
+            "method.queue_size": tune.choice([1024, 2048, 4096, 8192, 16384, 32768, 65536]),
+            "method.fg_seed": tune.choice([0.3, 0.5]),
+            "method.bg_seed": tune.choice([0.05, 0.1, 0.2]),
+            "method.momentum": tune.choice([0.99, 0.996, 0.999]),
+        }
+
+    # ---- maths
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        return self.colour_aug(x) if self.colour_aug is not None else normalize_clips(x)
+
+    def _keys(self, x: torch.Tensor, ctx) -> torch.Tensor:
+        mode = self.cfg.shuffle_bn
+        if mode == "auto":
+            mode = "ddp" if ctx.world_size > 1 else "split"
+        if mode == "ddp":
+            return key_forward_shuffle_ddp(self.encoder_k, x)
+        if mode == "split":
+            return key_forward_split_bn(self.encoder_k, x, self.cfg.bn_splits)
+        with torch.no_grad():
+            return self.encoder_k(x)
+
+    def query_input(self, clip_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """[0, 1] clip -> (FAME-merged clip or the clip itself, mask, permutation)."""
+        c = self.cfg
+        if not c.use_fame:
+            return clip_q, None, None
+        return fame(clip_q, c.beta, c.fg_seed, c.bg_seed, gaussian_kernel_size(clip_q.shape[-1]), c.hue_quirk)
+
+    def train_step(self, batch: dict, ctx) -> dict[str, float]:
+        c = self.cfg
+        c1, c2 = uint8_clips_to_float(batch["clip_q"]), uint8_clips_to_float(batch["clip_k"])
+        merged, mask, perm = self.query_input(c1)
+        if self._want_strip and c.image_strip and ctx.is_main:
+            self._strip = image_strip(c1, mask, merged, c.image_strip)
+            self._want_strip = False
+        x_q, x_k = self._augment(merged), self._augment(c2)
+        with ctx.autocast():
+            q1, q2 = self.encoder_q(x_q), self.encoder_q(x_k)  # two calls: per-view BN, as the official model
+            k1, k2 = self._keys(x_k, ctx), self._keys(x_q, ctx)
+        q1, q2, k1, k2 = q1.float(), q2.float(), k1.float(), k2.float()
+        loss1 = moco_loss(q1, k1, self.queue.queue.clone(), c.temperature)
+        if c.enqueue_after_each_term:
+            self.queue.enqueue(ctx.gather(k1, grad=False))
+            loss2 = moco_loss(q2, k2, self.queue.queue.clone(), c.temperature)
+            self.queue.enqueue(ctx.gather(k2, grad=False))
+        else:
+            loss2 = moco_loss(q2, k2, self.queue.queue.clone(), c.temperature)
+            self.queue.enqueue(ctx.gather(k1, grad=False))
+            self.queue.enqueue(ctx.gather(k2, grad=False))
+        loss = 0.5 * (loss1 + loss2)
+        ctx.optimize(loss, "main")
+        logs = {"loss": float(loss.detach()), "loss_fame_q": float(loss1.detach()), "loss_raw_q": float(loss2.detach()),
+                "pos_cosine": float((q1 * k1).sum(1).mean().detach())}
+        if perm is not None:
+            logs["fame_fixed_points"] = float((perm == torch.arange(len(perm), device=perm.device)).sum())
+        return logs
+
+    # ---- hooks
+    def after_optimizer_step(self, name: str, ctx) -> None:
+        momentum_update_(self.encoder_k, self.encoder_q, self.cfg.momentum)
+
+    def on_epoch_start(self, ctx) -> None:
+        self._want_strip = True
+
+    def on_epoch_end(self, ctx) -> None:
+        if self._strip is not None and ctx.is_main:
+            ctx.log_images("fame/clip_mask_merged", self._strip)
+        self._strip = None
+
+    # ---- evaluation
+    @torch.no_grad()
+    def clip_features(self, clips_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, n, 3, T, H, W) uint8 -> (B, D) pooled backbone features averaged over the n clips."""
+        b, n = clips_uint8.shape[:2]
+        x = normalize_clips(uint8_clips_to_float(clips_uint8.flatten(0, 1)))
+        return self.encoder_q.features(x).float().view(b, n, -1).mean(dim=1)
+
+    @torch.no_grad()
+    def evaluate(self, eval_batches, ctx) -> dict[str, float]:
+        from contrastlab.platform.eval import linear_probe
+
+        fn = lambda batch: self.clip_features(batch["clips"])  # noqa: E731
+        test_x, test_cols = gather_features(eval_batches, fn)
+        train_x, train_cols = gather_features(ctx.datasets["train_eval"], fn)
+        c = self.cfg
+        metrics: dict[str, float] = {}
+        if len(test_x) == 0 or len(train_x) == 0:
+            return metrics
+        probe = linear_probe(train_x, train_cols["label"], test_x, test_cols["label"], seed=ctx.exp.run.seed if ctx.exp else 0,
+                             max_iter=c.probe_max_iter)
+        metrics["probe_top1"] = probe["accuracy"]
+        recall = class_retrieval_recall(test_x, test_cols["label"], train_x, train_cols["label"], ks=(1, 5, 10))
+        metrics.update({f"retrieval_{k}": v for k, v in recall.items()})
+        if c.probe_bg and "bg_id" in test_cols and (test_cols["bg_id"] >= 0).all() and (train_cols["bg_id"] >= 0).all():
+            bg = linear_probe(train_x, train_cols["bg_id"], test_x, test_cols["bg_id"], max_iter=c.probe_max_iter)
+            metrics["bg_probe_top1"] = bg["accuracy"]
+        return metrics
+
+
+def image_strip(clips: torch.Tensor, mask: torch.Tensor | None, merged: torch.Tensor, n: int) -> np.ndarray:
+    """uint8 (n, H, 3W, 3): per clip, its middle frame | the FAME mask | the merged middle frame."""
+    n = min(n, clips.shape[0])
+    t = clips.shape[2] // 2
+    frame = clips[:n, :, t]
+    m = (mask[:n, None].expand(-1, 3, -1, -1) if mask is not None else torch.ones_like(frame)).to(frame.dtype)
+    row = torch.cat([frame, m, merged[:n, :, t]], dim=3)  # (n, 3, H, 3W)
+    return (row.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -1,0 +1,1 @@
+"""UCR: unsupervised lifelong person re-id via contrastive rehearsal (see method.py, card methods/ucr.md)."""

@@ -1,0 +1,410 @@
+"""`shapes-relations`: two coloured shapes and a spatial relation, for UNIMO's CMCL (card g).
+
+A scene graph is (A, relation, B): two distinct colour x shape objects (shapes-captions' six
+colours and four shapes, drawn with its helpers) and one of four relations {left of, right of,
+above, below}, drawn so the relation's axis clearly dominates. Captions are templated from the
+graph: "a red circle left of a blue square.", "there is a blue square to the right of a red
+circle." (both orientations name the same graph).
+
+Splits (every sample's json has a unique int `index`):
+- `train`: `n_train` samples whose `stream` is drawn in the `stream_mix` proportions (default
+  1:1:1): 0 = image-text pair (jpg, txt, json), 1 = text-only (txt, json), 2 = image-only (jpg,
+  json). The text-only and image-only pools come from the same generator; none uses a held-out
+  colour x shape combination.
+- `test`: pairs of training combinations (new scenes).
+- `heldout`: pairs in which at least one object is a held-out colour x shape combination
+  (shapes-captions' `choose_heldout_combos`): compositions never seen in training.
+
+Offline mining (`mine_and_rewrite`, card d) runs at generation time over the raw shards and writes
+the final ones: per pair, paraphrases (`pos_texts`), rewritten negatives (`neg_texts`, each with its
+`level` sent/phrase/word and the rewritten `node`), retrieved texts from the text-only pool with the
+same graph (`ret_texts`), retrieved images from the image-only pool with the same object set
+(inline members `ret0.jpg`, `ret1.jpg`, ...), and three evaluation hard negatives (`hard_negatives`:
+an attribute swap, an object swap and a relation swap, in that order). Rewrites are made from the
+caption's parsed graph (`parse_caption`), not from the generator's scene record.
+
+Node vocabulary: attribute = an object's colour, object = its shape, relation = the relation.
+Word-level rewrites replace one attribute or object word; phrase-level ones replace the relation
+phrase ("left of" -> "above"). Synonyms (crimson = red) never count as a change and relations in
+`SYMMETRIC_RELATIONS` are never used for relation swaps (false-negative filter, card i).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from contrastlab.platform.data.codecs import decode_json, encode_jpeg
+
+from ._common import DatasetSpec, check_count, fill_prompts, sample_key, with_article, write_split
+from .shapes_captions import CLASSES, COLOUR_RGB, COLOURS, SHAPES, SYNONYMS, choose_heldout_combos, class_id, shape_mask
+
+RELATIONS = ["left of", "right of", "above", "below"]
+INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+SYMMETRIC_RELATIONS = {"next to", "near", "beside"}  # never produced by a relation swap (false negatives)
+# surface phrases of each relation (the first is canonical)
+RELATION_PHRASES = {
+    "left of": ["left of", "to the left of"],
+    "right of": ["right of", "to the right of"],
+    "above": ["above", "over"],
+    "below": ["below", "under"],
+}
+_PHRASE_TO_REL = {p: r for r, ps in RELATION_PHRASES.items() for p in ps}
+SENTENCE_TEMPLATES = ["{s}.", "a photo of {s}.", "there is {s}.", "an image of {s}.", "a picture showing {s}."]
+STREAMS = {"pair": 0, "text": 1, "image": 2}
+EVAL_HARD_NEGATIVE_KINDS = ("attribute", "object", "relation")
+_SPLIT_STREAM = {"train": 0, "test": 1, "heldout": 2}
+_RADIUS = 0.15
+
+_COLOUR_ALT = "|".join(sorted({*COLOURS, *(a for c in COLOURS for a in SYNONYMS[c])}, key=len, reverse=True))
+_SHAPE_ALT = "|".join(sorted({*SHAPES, *(a for s in SHAPES for a in SYNONYMS[s])}, key=len, reverse=True))
+_REL_ALT = "|".join(sorted(_PHRASE_TO_REL, key=len, reverse=True))
+_CAPTION_RE = re.compile(rf"\ban? (?P<c1>{_COLOUR_ALT}) (?P<s1>{_SHAPE_ALT}) (?P<rel>{_REL_ALT}) an? (?P<c2>{_COLOUR_ALT}) (?P<s2>{_SHAPE_ALT})\b")
+_CANON = {alt: canon for canon in (*COLOURS, *SHAPES) for alt in SYNONYMS[canon]}
+
+
+# ---------------------------------------------------------------- graphs and captions
+def obj_phrase(colour: str, shape: str) -> str:
+    return with_article(f"{colour} {shape}")
+
+
+def canonical_graph(a: tuple[str, str], rel: str, b: tuple[str, str]) -> tuple:
+    """The orientation-free form: 'right of' / 'below' are written as their inverses ('B left of A')."""
+    if rel in ("right of", "below"):
+        return (tuple(b), INVERSE[rel], tuple(a))
+    return (tuple(a), rel, tuple(b))
+
+
+def parse_caption(text: str) -> dict:
+    """Caption -> {'a': (colour, shape), 'rel', 'b': (colour, shape), 'graph', 'spans'} (canonical words;
+    spans index the raw text for c1, s1, rel, c2, s2). Raises ValueError for text outside the grammar."""
+    m = _CAPTION_RE.search(text.lower())
+    if not m:
+        raise ValueError(f"not a shapes-relations caption: {text!r}")
+    canon = lambda w: _CANON.get(w, w)  # noqa: E731
+    a, b = (canon(m["c1"]), canon(m["s1"])), (canon(m["c2"]), canon(m["s2"]))
+    rel = _PHRASE_TO_REL[m["rel"]]
+    return {"a": a, "rel": rel, "b": b, "graph": canonical_graph(a, rel, b),
+            "spans": {k: m.span(k) for k in ("c1", "s1", "rel", "c2", "s2")}}
+
+
+def graph_distance(g1: tuple, g2: tuple) -> int:
+    """Number of differing scene-graph nodes (A colour, A shape, relation, B colour, B shape) between
+    two canonical graphs, the smaller over both orientations of g2."""
+    def nodes(g):
+        return [g[0][0], g[0][1], g[1], g[2][0], g[2][1]]
+
+    inv = (g2[2], INVERSE[g2[1]], g2[0])
+    return min(sum(x != y for x, y in zip(nodes(g1), nodes(h))) for h in (g2, inv))
+
+
+def object_set(graph: tuple) -> tuple:
+    return tuple(sorted([graph[0], graph[2]]))
+
+
+def make_caption(a, rel, b, rng: np.random.Generator, *, flip: bool | None = None, synonyms: bool = False,
+                 template: int | None = None, variant: int | None = None) -> str:
+    """A caption of graph (a, rel, b): optionally in the inverse orientation ('b inverse(rel) a'),
+    with colour/shape synonyms; template and relation-phrase variant random unless given."""
+    flip = bool(rng.random() < 0.5) if flip is None else flip
+    if flip:
+        a, rel, b = b, INVERSE[rel], a
+    word = (lambda w: w if rng.random() < 0.5 else SYNONYMS[w][rng.integers(len(SYNONYMS[w]))]) if synonyms else (lambda w: w)
+    phrases = RELATION_PHRASES[rel]
+    phrase = phrases[rng.integers(len(phrases)) if variant is None else variant % len(phrases)]
+    s = f"{obj_phrase(word(a[0]), word(a[1]))} {phrase} {obj_phrase(word(b[0]), word(b[1]))}"
+    tpl = SENTENCE_TEMPLATES[rng.integers(len(SENTENCE_TEMPLATES)) if template is None else template]
+    return tpl.format(s=s)
+
+
+# ---------------------------------------------------------------- rewrites (card d: scene-graph edits)
+def _replace(text: str, span: tuple[int, int], new: str) -> str:
+    out = text[: span[0]] + new + text[span[1]:]
+    return re.sub(r"\ba (?=[aeiou])", "an ", re.sub(r"\ban (?=[^aeiou\s])", "a ", out))  # fix articles
+
+
+def rewrite(caption: str, node: str, new_value: str) -> str:
+    """Replace one scene-graph node of the caption's parsed graph: node in {a_colour, a_shape, rel,
+    b_colour, b_shape}. The new value must be a different canonical word (synonyms are no change)."""
+    parsed = parse_caption(caption)
+    key = {"a_colour": "c1", "a_shape": "s1", "rel": "rel", "b_colour": "c2", "b_shape": "s2"}[node]
+    old = {"a_colour": parsed["a"][0], "a_shape": parsed["a"][1], "rel": parsed["rel"], "b_colour": parsed["b"][0], "b_shape": parsed["b"][1]}[node]
+    if new_value == old or _CANON.get(new_value, new_value) == old:
+        raise ValueError(f"rewrite of {node} must change it ({old!r} -> {new_value!r})")
+    if node == "rel":
+        if new_value in SYMMETRIC_RELATIONS:
+            raise ValueError(f"symmetric relation {new_value!r} makes a false negative")
+        new_value = RELATION_PHRASES[new_value][0]
+    return _replace(caption, parsed["spans"][key], new_value)
+
+
+def word_and_phrase_negatives(caption: str, rng: np.random.Generator) -> list[dict]:
+    """Every object/attribute/relation rewrite kind once per slot: colour and shape of both objects
+    (word level, one random new value each) and every other asymmetric relation (phrase level)."""
+    parsed = parse_caption(caption)
+    out = []
+    for side, obj in (("a", parsed["a"]), ("b", parsed["b"])):
+        colour = [c for c in COLOURS if c != obj[0]]
+        shape = [s for s in SHAPES if s != obj[1]]
+        out.append({"text": rewrite(caption, f"{side}_colour", colour[rng.integers(len(colour))]), "level": "word", "node": "attribute"})
+        out.append({"text": rewrite(caption, f"{side}_shape", shape[rng.integers(len(shape))]), "level": "word", "node": "object"})
+    for rel in RELATIONS:
+        if rel != parsed["rel"] and rel not in SYMMETRIC_RELATIONS:
+            out.append({"text": rewrite(caption, "rel", rel), "level": "phrase", "node": "relation"})
+    return out
+
+
+def eval_hard_negatives(caption: str, rng: np.random.Generator) -> list[str]:
+    """One attribute swap, one object swap and one relation swap (EVAL_HARD_NEGATIVE_KINDS order)."""
+    parsed = parse_caption(caption)
+    side = "ab"[rng.integers(2)]
+    obj = parsed[side]
+    colour = [c for c in COLOURS if c != obj[0]]
+    side2 = "ab"[rng.integers(2)]
+    shape = [s for s in SHAPES if s != parsed[side2][1]]
+    rels = [r for r in RELATIONS if r != parsed["rel"] and r not in SYMMETRIC_RELATIONS]
+    return [rewrite(caption, f"{side}_colour", colour[rng.integers(len(colour))]),
+            rewrite(caption, f"{side2}_shape", shape[rng.integers(len(shape))]),
+            rewrite(caption, "rel", rels[rng.integers(len(rels))])]
+
+
+def paraphrases(caption: str, n: int, rng: np.random.Generator) -> list[str]:
+    """Back-translation stand-in (card g): the parsed graph re-written with another template, the
+    inverse orientation (odd k) and colour/shape synonyms; distinct from the caption and each other."""
+    parsed = parse_caption(caption)
+    out: list[str] = []
+    for k in range(20 * n):
+        if len(out) == n:
+            break
+        text = make_caption(parsed["a"], parsed["rel"], parsed["b"], rng, flip=(len(out) % 2 == 0), synonyms=True)
+        if text != caption and text not in out:
+            out.append(text)
+    return out
+
+
+# ---------------------------------------------------------------- drawing
+def scene_centres(rel: str, rng: np.random.Generator) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Centres (fractions of the side) of A and B: along the relation axis 0.22-0.36 vs 0.64-0.78,
+    across it within +-0.08 of a shared random line, so the relation is never ambiguous."""
+    lo, hi = rng.uniform(0.22, 0.36), rng.uniform(0.64, 0.78)
+    line = rng.uniform(0.3, 0.7)
+    cross = line + rng.uniform(-0.08, 0.08, 2)
+    first, second = (lo, hi) if rel in ("left of", "above") else (hi, lo)
+    if rel in ("left of", "right of"):
+        return (first, cross[0]), (second, cross[1])
+    return (cross[0], first), (cross[1], second)
+
+
+def render_scene(a, rel, b, size: int, rng: np.random.Generator, grid) -> tuple[np.ndarray, list[list[int]]]:
+    xx, yy = grid
+    noise = rng.standard_normal((size, size, 3), dtype=np.float32)
+    image = rng.uniform(60, 190) + rng.normal(0, 8, 3).astype(np.float32) + 20.0 * noise
+    boxes = []
+    for (colour, shape), (fx, fy) in zip((a, b), scene_centres(rel, rng)):
+        r = _RADIUS * size * rng.uniform(0.85, 1.1)
+        mask = shape_mask(shape, fx * size, fy * size, r, rng.uniform(-0.25, 0.25), xx, yy)
+        image[mask] = np.asarray(COLOUR_RGB[colour], np.float32) + rng.normal(0, 10, 3).astype(np.float32) + 8.0 * noise[mask]
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        boxes.append([int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1] if rows.size else [0, 0, 0, 0])
+    return np.clip(image, 0, 255).astype(np.uint8), boxes
+
+
+def _draw_graph(rng: np.random.Generator, combos: list[int], must_use: list[int] | None = None) -> tuple:
+    """Two distinct combos (one from `must_use` if given, at a random slot) and a relation."""
+    if must_use:
+        special = must_use[rng.integers(len(must_use))]
+        other = [c for c in combos if c != special]
+        pair = [special, other[rng.integers(len(other))]]
+        if rng.random() < 0.5:
+            pair.reverse()
+    else:
+        pair = list(rng.choice(combos, size=2, replace=False))
+    a, b = [(COLOURS[c // len(SHAPES)], SHAPES[c % len(SHAPES)]) for c in pair]
+    return a, RELATIONS[rng.integers(len(RELATIONS))], b
+
+
+def _raw_samples(split: str, n: int, first_index: int, seed: int, image_size: int, seen: list[int], heldout: list[int],
+                 mix: list[float]):
+    rng = np.random.default_rng([seed, 77, _SPLIT_STREAM[split]])
+    grid = tuple(g.astype(np.float32) + 0.5 for g in np.mgrid[0:image_size, 0:image_size][::-1])
+    if split == "train":
+        counts = np.floor(np.asarray(mix) / sum(mix) * n).astype(int)
+        counts[0] += n - counts.sum()
+        streams = rng.permutation(np.repeat(np.arange(3), counts))
+    else:
+        streams = np.zeros(n, dtype=int)
+    for i in range(n):
+        stream = int(streams[i])
+        if split == "heldout":
+            a, rel, b = _draw_graph(rng, seen + heldout, must_use=heldout)
+        else:
+            a, rel, b = _draw_graph(rng, seen)
+        labelled = a if split != "heldout" or class_id(*a) in heldout else b  # the held-out object, else A
+        index = first_index + i
+        info = {"index": index, "split": split, "stream": stream,
+                "scene": {"a": list(a), "relation": rel, "b": list(b)},
+                "label": class_id(*labelled), "colour_id": COLOURS.index(labelled[0]), "shape_id": SHAPES.index(labelled[1]),
+                "relation_id": RELATIONS.index(rel)}
+        fields: dict = {}
+        if stream != STREAMS["text"]:
+            image, boxes = render_scene(a, rel, b, image_size, rng, grid)
+            fields["jpg"] = encode_jpeg(image)
+            info["boxes"] = boxes
+        if stream != STREAMS["image"]:
+            caption = make_caption(a, rel, b, rng)
+            fields["txt"] = caption
+            info["caption"] = caption
+        fields["json"] = info
+        yield sample_key(index), fields
+
+
+# ---------------------------------------------------------------- offline mining
+def _read_samples(paths: list[str]) -> list[dict]:
+    from contrastlab.platform.data.reader import iter_tar_samples
+
+    samples = []
+    for path in paths:
+        with open(path, "rb") as fh:
+            for s in iter_tar_samples(fh, path, "raise"):
+                s["json"] = decode_json(s["json"])
+                if "txt" in s:
+                    s["txt"] = s["txt"].decode("utf-8")
+                samples.append(s)
+    return samples
+
+
+def _tfidf_neighbours(texts: list[str], graphs: list[tuple], k: int, chunk: int = 512) -> list[list[int]]:
+    """For each caption, the k TF-IDF cosine-nearest captions of OTHER scenes with a different graph."""
+    if k <= 0 or len(texts) < 2:
+        return [[] for _ in texts]
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    x = TfidfVectorizer(token_pattern=r"(?u)\b\w+\b").fit_transform(texts)
+    gid = {g: i for i, g in enumerate(sorted(set(graphs)))}
+    ids = np.asarray([gid[g] for g in graphs])
+    out = []
+    for start in range(0, len(texts), chunk):
+        sims = (x[start:start + chunk] @ x.T).toarray()
+        rows = np.arange(sims.shape[0])
+        sims[ids[start:start + chunk, None] == ids[None, :]] = -np.inf  # self and same-graph captions
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        out += [[int(j) for j in top[r] if np.isfinite(sims[r, j])] for r in rows]
+    return out
+
+
+def mine_and_rewrite(in_shards: list[str], out_dir, *, prefix: str = "train", seed: int = 0, n_paraphrases: int = 2,
+                     n_sent_negatives: int = 2, n_ret_texts: int = 2, n_ret_images: int = 2,
+                     ret_image_match: str = "objects", maxcount: int = 1000) -> list[str]:
+    """Offline positives/negatives (card d) over raw shards -> final shards `out_dir/<prefix>-*.tar`.
+
+    For every pair sample (stream 0): paraphrases, word/phrase rewrites of its parsed caption,
+    sentence-level negatives (TF-IDF nearest captions of other pair scenes, never the same graph),
+    retrieved texts (text-only pool sentences with the same graph), retrieved images (image-only pool
+    images whose scene has the same object set, `ret_image_match="objects"`, or the same graph,
+    `"graph"`), stored inline as `ret<k>.jpg`, and the three evaluation hard negatives. Every stored
+    negative differs from every stored positive as a graph. Text-only and image-only samples pass
+    through unchanged. Deterministic in `seed`. Runs once, before training (never per epoch).
+    """
+    if ret_image_match not in ("objects", "graph"):
+        raise ValueError(f"ret_image_match must be 'objects' or 'graph', got {ret_image_match!r}")
+    rng = np.random.default_rng([seed, 991])
+    samples = _read_samples(in_shards)
+    pairs = [s for s in samples if s["json"].get("stream", 0) == STREAMS["pair"]]
+    pair_graphs = [parse_caption(s["txt"])["graph"] for s in pairs]
+    sent_nn = _tfidf_neighbours([s["txt"] for s in pairs], pair_graphs, n_sent_negatives)
+    text_pool: dict[tuple, list[str]] = {}
+    for s in samples:
+        if s["json"].get("stream") == STREAMS["text"]:
+            text_pool.setdefault(parse_caption(s["txt"])["graph"], []).append(s["txt"])
+    image_pool: dict[tuple, list[bytes]] = {}
+    for s in samples:
+        if s["json"].get("stream") == STREAMS["image"]:
+            sc = s["json"]["scene"]
+            g = canonical_graph(tuple(sc["a"]), sc["relation"], tuple(sc["b"]))
+            image_pool.setdefault(object_set(g) if ret_image_match == "objects" else g, []).append(s["jpg"])
+    pos_of = {}
+    for p, s in enumerate(pairs):
+        pos_of[s["__key__"]] = (p, pair_graphs[p])
+
+    def build(s: dict) -> tuple[str, dict]:
+        info = dict(s["json"])
+        fields = {k: s[k] for k in ("jpg", "txt") if k in s}
+        if s["__key__"] in pos_of:
+            p, graph = pos_of[s["__key__"]]
+            caption = s["txt"]
+            pos = paraphrases(caption, n_paraphrases, rng)
+            texts = text_pool.get(graph, [])
+            ret = [texts[j] for j in rng.permutation(len(texts))[:n_ret_texts]]
+            negs = [{"text": pairs[j]["txt"], "level": "sent", "node": "sentence"} for j in sent_nn[p]]
+            negs += word_and_phrase_negatives(caption, rng)
+            positives = {caption, *pos, *ret}
+            negs = [n for n in negs if n["text"] not in positives and parse_caption(n["text"])["graph"] != graph]
+            info.update(pos_texts=pos, ret_texts=ret, neg_texts=negs, hard_negatives=eval_hard_negatives(caption, rng),
+                        hard_negative_kinds=list(EVAL_HARD_NEGATIVE_KINDS), graph=json.loads(json.dumps(graph)))
+            pool = image_pool.get(object_set(graph) if ret_image_match == "objects" else graph, [])
+            picks = rng.permutation(len(pool))[:n_ret_images]
+            for k, j in enumerate(picks):
+                fields[f"ret{k}.jpg"] = pool[j]
+            info["n_ret_images"] = int(len(picks))
+        fields["json"] = info
+        return s["__key__"], fields
+
+    return write_split(Path(out_dir), prefix, (build(s) for s in samples), len(samples), f"shapes-relations mining {prefix}")
+
+
+# ---------------------------------------------------------------- generate
+def parse_mix(mix: str) -> list[float]:
+    parts = [float(x) for x in str(mix).split(":")]
+    if len(parts) != 3 or min(parts) < 0 or parts[0] <= 0:
+        raise ValueError(f"stream_mix must be 'pair:text:image' with pair > 0, got {mix!r}")
+    return parts
+
+
+def generate(out_dir: Path, *, seed: int, n_train: int, n_test: int, n_heldout: int, image_size: int, n_heldout_combos: int,
+             stream_mix: str, n_paraphrases: int, n_sent_negatives: int, n_ret_texts: int, n_ret_images: int,
+             ret_image_match: str) -> tuple[dict[str, list[str]], dict]:
+    for name, value in (("n_train", n_train), ("n_test", n_test), ("n_heldout", n_heldout)):
+        check_count(name, value, 1)
+    check_count("image_size", image_size, 16, 1024)
+    for name, value in (("n_paraphrases", n_paraphrases), ("n_sent_negatives", n_sent_negatives), ("n_ret_texts", n_ret_texts),
+                        ("n_ret_images", n_ret_images)):
+        check_count(name, value, 0, 16)
+    mix = parse_mix(stream_mix)
+    heldout = choose_heldout_combos(seed, n_heldout_combos)
+    seen = [c for c in range(len(CLASSES)) if c not in heldout]
+    out_dir = Path(out_dir)
+    raw = out_dir / "_raw"
+    splits, first = {}, 0
+    for split, n in (("train", n_train), ("test", n_test), ("heldout", n_heldout)):
+        raw_paths = write_split(raw, split, _raw_samples(split, n, first, seed, image_size, seen, heldout, mix), n, "shapes-relations")
+        splits[split] = mine_and_rewrite(raw_paths, out_dir, prefix=split, seed=seed + _SPLIT_STREAM[split], n_paraphrases=n_paraphrases,
+                                         n_sent_negatives=n_sent_negatives, n_ret_texts=n_ret_texts, n_ret_images=n_ret_images,
+                                         ret_image_match=ret_image_match)
+        first += n
+    shutil.rmtree(raw, ignore_errors=True)
+    templates = ["a photo of a {}.", "there is a {}.", "an image of a {}."]
+    zero_shot = {"colour_shape": {"classnames": list(CLASSES), "templates": templates, "label_field": "label",
+                                  "prompts": fill_prompts(templates, list(CLASSES))}}
+    meta = {
+        "classes": CLASSES, "colours": COLOURS, "shapes": SHAPES, "relations": RELATIONS,
+        "heldout_classes": heldout, "heldout_classnames": [CLASSES[c] for c in heldout],
+        "zero_shot": zero_shot, "synonyms": SYNONYMS, "image_size": image_size, "modality": "image-text",
+        "streams": STREAMS, "stream_mix": mix, "hard_negative_kinds": list(EVAL_HARD_NEGATIVE_KINDS),
+        "max_ret_images": n_ret_images, "n_paraphrases": n_paraphrases, "n_ret_texts": n_ret_texts,
+        "label_note": "label = class of the held-out object (heldout split), else of A; scenes show two objects",
+    }
+    return splits, meta
+
+
+SPEC = DatasetSpec(
+    name="shapes-relations",
+    description="two coloured shapes and a spatial relation; paraphrases, scene-graph rewrites, TF-IDF and retrieval mined offline; "
+                "text-only and image-only pools; held-out colour x shape compositions",
+    defaults={"n_train": 3000, "n_test": 300, "n_heldout": 500, "image_size": 48, "n_heldout_combos": 5, "stream_mix": "1:1:1",
+              "n_paraphrases": 2, "n_sent_negatives": 2, "n_ret_texts": 2, "n_ret_images": 2, "ret_image_match": "objects"},
+    generate=generate,
+    choices={"ret_image_match": ("objects", "graph")},
+)

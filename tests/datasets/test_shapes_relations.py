@@ -1,0 +1,136 @@
+"""shapes-relations: graphs, paraphrases, rewrites (card h.5), streams, held-out split, mined shards."""
+import numpy as np
+import pytest
+
+from contrastlab.platform.datasets import shapes_relations as sr
+from contrastlab.platform.datasets.shapes_captions import CLASSES, class_id
+
+
+def test_parse_and_canonical_graph_are_orientation_free():
+    p1 = sr.parse_caption("a red circle left of a blue square.")
+    p2 = sr.parse_caption("there is a cobalt box to the right of a crimson ring.")
+    assert p1["graph"] == p2["graph"] == (("red", "circle"), "left of", ("blue", "square"))
+    assert sr.graph_distance(p1["graph"], p2["graph"]) == 0
+    with pytest.raises(ValueError):
+        sr.parse_caption("a red circle.")
+
+
+def test_every_rewrite_changes_exactly_one_node_of_the_intended_kind():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a, rel, b = sr._draw_graph(rng, list(range(24)))
+        caption = sr.make_caption(a, rel, b, rng)
+        orig = sr.parse_caption(caption)
+        negs = sr.word_and_phrase_negatives(caption, rng)
+        assert len(negs) == 4 + 3
+        for neg in negs:
+            new = sr.parse_caption(neg["text"])
+            assert sr.graph_distance(orig["graph"], new["graph"]) == 1, (caption, neg)
+            # the surface form keeps A and B in place: the changed slot is the intended node
+            changed = [k for k in ("a", "rel", "b") if orig[k] != new[k]]
+            assert len(changed) == 1
+            if neg["node"] == "relation":
+                assert changed == ["rel"] and neg["level"] == "phrase" and new["rel"] not in sr.SYMMETRIC_RELATIONS
+            else:
+                k = changed[0]
+                field = 0 if neg["node"] == "attribute" else 1
+                assert neg["level"] == "word" and orig[k][field] != new[k][field] and orig[k][1 - field] == new[k][1 - field]
+        hard = sr.eval_hard_negatives(caption, rng)
+        kinds = []
+        for text in hard:
+            new = sr.parse_caption(text)
+            assert sr.graph_distance(orig["graph"], new["graph"]) == 1
+            k = [k for k in ("a", "rel", "b") if orig[k] != new[k]][0]
+            kinds.append("relation" if k == "rel" else ("attribute" if orig[k][0] != new[k][0] else "object"))
+        assert kinds == list(sr.EVAL_HARD_NEGATIVE_KINDS)
+
+
+def test_rewrite_refuses_synonyms_and_symmetric_relations():
+    with pytest.raises(ValueError):
+        sr.rewrite("a red circle left of a blue square.", "a_colour", "crimson")
+    with pytest.raises(ValueError):
+        sr.rewrite("a red circle left of a blue square.", "rel", "next to")
+    assert sr.rewrite("an orange circle left of a blue square.", "a_colour", "red") == "a red circle left of a blue square."
+    assert sr.rewrite("a red circle left of a blue square.", "b_colour", "orange") == "a red circle left of an orange square."
+
+
+def test_paraphrases_keep_the_graph_and_differ_in_text():
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        a, rel, b = sr._draw_graph(rng, list(range(24)))
+        caption = sr.make_caption(a, rel, b, rng)
+        paras = sr.paraphrases(caption, 2, rng)
+        assert len(paras) == 2 and caption not in paras and paras[0] != paras[1]
+        for p in paras:
+            assert sr.parse_caption(p)["graph"] == sr.parse_caption(caption)["graph"]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes_relations")
+    splits, meta = sr.generate(out, seed=3, n_train=240, n_test=20, n_heldout=30, image_size=32, n_heldout_combos=5,
+                               stream_mix="1:1:1", n_paraphrases=2, n_sent_negatives=2, n_ret_texts=2, n_ret_images=2,
+                               ret_image_match="objects")
+    return out, splits, meta, {k: sr._read_samples(v) for k, v in splits.items()}
+
+
+def test_streams_members_and_indices(generated):
+    out, splits, meta, samples = generated
+    assert not (out / "_raw").exists()
+    streams = [s["json"]["stream"] for s in samples["train"]]
+    assert [streams.count(k) for k in (0, 1, 2)] == [80, 80, 80]
+    for s in samples["train"]:
+        kind = s["json"]["stream"]
+        assert ("jpg" in s) == (kind != 1) and ("txt" in s) == (kind != 2)
+    indices = [s["json"]["index"] for v in samples.values() for s in v]
+    assert len(set(indices)) == len(indices) == 290
+    assert all(s["json"]["stream"] == 0 for s in samples["heldout"] + samples["test"])
+
+
+def test_mined_candidates_are_consistent(generated):
+    _, _, meta, samples = generated
+    text_pool = {sr.parse_caption(s["txt"])["graph"] for s in samples["train"] if s["json"]["stream"] == 1}
+    n_ret_img = 0
+    for s in samples["train"]:
+        info = s["json"]
+        if info["stream"] != 0:
+            continue
+        graph = sr.parse_caption(s["txt"])["graph"]
+        positives = [s["txt"], *info["pos_texts"], *info["ret_texts"]]
+        for p in positives:
+            assert sr.parse_caption(p)["graph"] == graph
+        for neg in info["neg_texts"]:
+            assert neg["text"] not in positives and sr.parse_caption(neg["text"])["graph"] != graph
+            assert neg["level"] in ("sent", "phrase", "word")
+        assert {n["level"] for n in info["neg_texts"]} >= {"phrase", "word"}
+        if info["ret_texts"]:
+            assert graph in text_pool
+        n_ret_img += info["n_ret_images"]
+        assert sorted(k for k in s if k.startswith("ret")) == [f"ret{k}.jpg" for k in range(info["n_ret_images"])]
+        assert len(info["hard_negatives"]) == 3
+    assert n_ret_img > 0
+
+
+def test_heldout_split_uses_heldout_compositions_only_there(generated):
+    _, _, meta, samples = generated
+    held = set(meta["heldout_classes"])
+    for split in ("train", "test"):
+        for s in samples[split]:
+            sc = s["json"]["scene"]
+            assert class_id(*sc["a"]) not in held and class_id(*sc["b"]) not in held
+    for s in samples["heldout"]:
+        sc = s["json"]["scene"]
+        assert class_id(*sc["a"]) in held or class_id(*sc["b"]) in held
+        assert s["json"]["label"] in held
+    assert meta["zero_shot"]["colour_shape"]["classnames"] == CLASSES
+
+
+def test_generation_is_deterministic(tmp_path):
+    kw = dict(seed=0, n_train=30, n_test=3, n_heldout=3, image_size=24, n_heldout_combos=5, stream_mix="1:1:1", n_paraphrases=2,
+              n_sent_negatives=2, n_ret_texts=1, n_ret_images=1, ret_image_match="graph")
+    s1, _ = sr.generate(tmp_path / "a", **kw)
+    s2, _ = sr.generate(tmp_path / "b", **kw)
+    a, b = sr._read_samples(s1["train"]), sr._read_samples(s2["train"])
+    assert [x["json"] for x in a] == [x["json"] for x in b]
+    with pytest.raises(ValueError):
+        sr.parse_mix("0:1:1")

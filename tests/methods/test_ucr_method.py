@@ -1,0 +1,132 @@
+"""UCR method: buffer labels across domains, state_dict round trip (resume mid-phase), re-id
+evaluation protocol (card h.1-h.4, h.8, h.10), and a tiny end-to-end run_local."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from contrastlab.methods.ucr.method import UCR, UCRConfig
+from contrastlab.platform.eval.reid import reid_evaluate
+
+torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------- evaluation protocol (card h.1-h.4)
+def test_reid_protocol_card_cases():
+    r = reid_evaluate(np.array([[0.1, 0.5, 0.9]]), [0], [0, 1, 2], [0], [1, 1, 1])
+    assert r["mAP"] == 1.0 and r["rank1"] == 1.0
+    r = reid_evaluate(np.array([[0.0, 0.5, 0.3, 0.7]]), [0], [0, 0, 1, 0], [0], [0, 1, 1, 1], max_rank=2)
+    assert r["mAP"] == pytest.approx((1 / 2 + 2 / 3) / 2, abs=1e-5) and r["cmc"][0] == 0 and r["cmc"][1] == 1
+    r = reid_evaluate(np.array([[0.1, 0.2, 0.3]]), [0], [5, 0, 0], [0], [0, 1, 1])
+    assert r["mAP"] == pytest.approx(0.58333, abs=1e-5)
+    r = reid_evaluate(np.array([[0.1, 0.2], [0.3, 0.1]]), [0, 7], [0, 1], [0, 0], [1, 1])
+    assert r["num_valid_queries"] == 1 and r["mAP"] == 1.0
+
+
+# ---------------------------------------------------------------- buffer
+def _cluster(method, index, labels, centroids, scores):
+    method.pl_index = torch.tensor(index)
+    method.pl_label = torch.tensor(labels)
+    method.pl_score = torch.tensor(scores, dtype=torch.float32)
+    method.centroids = torch.tensor(centroids, dtype=torch.float32)
+    n = len(centroids)
+    method.proxies = torch.tensor(centroids, dtype=torch.float32)
+    method.proxy_owner = torch.arange(n)
+
+
+def _three_domains(label_offset):
+    m = UCR(UCRConfig(label_offset=label_offset))
+    d = m.online.dim
+    truth = {}
+    rng = np.random.default_rng(0)
+    start = 0
+    for n_clusters in (3, 2, 4):  # domains 1, 2, 3
+        cents = rng.standard_normal((n_clusters, d)).astype(np.float32)
+        labels = np.repeat(np.arange(n_clusters), 3)
+        index = np.arange(start, start + len(labels))
+        scores = rng.random(len(labels)).astype(np.float32)
+        _cluster(m, index, labels, cents, scores)
+        m._append_buffer()
+        for i, l in zip(index, labels):
+            truth[int(i)] = cents[l]
+        start += 100
+    return m, truth
+
+
+def test_buffer_labels_index_their_centroid_rows():
+    m, truth = _three_domains("intended")
+    assert len(m.buf_index) == 2 * (3 + 2 + 4) and m.old_centroids.shape[0] == 9
+    for i, label in zip(m.buf_index.tolist(), m.buf_label.tolist()):
+        np.testing.assert_allclose(m.old_centroids[label].numpy(), truth[i])
+    # the proxies follow their clusters too
+    for row, owner in enumerate(m.old_proxy_owner.tolist()):
+        np.testing.assert_allclose(m.old_proxies[row].numpy(), m.old_centroids[owner].numpy())
+
+
+def test_official_label_offset_mislabels_the_oldest_domain():
+    m, truth = _three_domains("official")
+    wrong = [i for i, label in zip(m.buf_index.tolist(), m.buf_label.tolist()) if not np.allclose(m.old_centroids[label].numpy(), truth[i])]
+    assert wrong and all(i < 200 for i in wrong) and any(i < 100 for i in wrong)  # domains 1 (and 2) only, never 3
+
+
+# ---------------------------------------------------------------- state + end to end
+TINY = ["method.source_domains=", "method.domains=d0,d1", "method.epochs_per_domain=1", "train.epochs=2",
+        "train.batch_size=32", "method.k1=6", "method.k2=2",
+        "data.embedded_params={n_source_domains: 0, n_seen_domains: 2, n_unseen_domains: 1, n_train_ids: 8, "
+        "images_per_train_id: 6, n_test_ids: 4, images_per_test_id: 4}"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from contrastlab.platform.local import run_local
+
+    cache = tmp_path_factory.mktemp("ucr_cache")
+    return run_local("ucr", TINY + [f"data.cache_dir={cache}", "method.min_samples=2"], quiet=True)
+
+
+def test_run_local_trains_and_reports_metric(tiny_run):
+    hist = tiny_run.history
+    assert [h["phase"] for h in hist] == ["d0", "d1"]
+    assert np.isfinite(hist[-1]["mAP_seen"]) and 0 <= hist[-1]["mAP_seen"] <= 1
+    assert "mAP_u1" in hist[-1] and "forgetting_d0" in hist[-1]
+    m = tiny_run.method
+    assert bool(m.has_old) and len(m.buf_index) > 0
+    table = m.domain_phase_table(tiny_run.meta)
+    assert set(table["d0"]) == {"d0", "d1"}
+
+
+def test_state_dict_round_trip_restores_buffer_old_model_and_labels(tiny_run):
+    m = tiny_run.method
+    blob = io.BytesIO()
+    torch.save(m.state_dict(), blob)
+    blob.seek(0)
+    state = torch.load(blob, weights_only=True)  # as the platform's checkpoint loader
+    fresh = UCR(tiny_run.exp.method)
+    fresh.load_state_dict(state)
+    for k, v in m.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    idx = m.pl_index[:5]
+    assert torch.equal(fresh._lookup_labels(idx), m._lookup_labels(idx))
+    assert torch.equal(fresh._buffer_labels(m.buf_index)[1], m.buf_label)
+
+
+def test_old_model_is_frozen_and_outside_the_optimiser(tiny_run):
+    from contrastlab.platform.local import iter_batches
+
+    m, ctx = tiny_run.method, tiny_run.ctx
+    opt_params = {id(p) for g in ctx.optimizers["main"].param_groups for p in g["params"]}
+    assert all(id(p) not in opt_params for p in list(m.old_model.parameters()) + list(m.ema.parameters()))
+    before = {k: v.clone() for k, v in m.old_model.state_dict().items()}
+    online_before = [p.clone() for p in m.online.parameters()]
+    from contrastlab.platform.runner import plan_data
+
+    plan = plan_data(tiny_run.exp)
+    fn, required = UCR.make_preprocess(m.cfg, "train", tiny_run.meta)
+    batch = next(iter_batches(plan.train, fn, required, 48, split="train", seed=0))
+    m.train()
+    logs = m.train_step(batch, ctx)
+    assert logs["n_new"] > 0 and logs["n_old"] > 0 and logs["loss_kl"] >= 0
+    for k, v in m.old_model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert any(not torch.equal(a, b) for a, b in zip(online_before, m.online.parameters()))

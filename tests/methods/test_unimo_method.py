@@ -1,0 +1,160 @@
+"""UNIMO model and method: [IMG] token (h.9), pair attention (h.7), tau clipping (h.6), stream
+columns, and a tiny end-to-end run_local."""
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from contrastlab.methods.unimo.config import UNIMOConfig
+from contrastlab.methods.unimo.method import UNIMO, unimo_eval_sample_fn, unimo_train_sample_fn
+from contrastlab.methods.unimo.model import GLOBAL_BOX, UnifiedTransformer, text_padding_mask
+from contrastlab.platform.data.codecs import encode_jpeg
+
+torch.set_num_threads(1)
+
+
+def tiny_cfg(**kw):
+    base = dict(layers=1, hidden=32, heads=2, region_dim=16, image_size=24, patch_size=8, context_length=16, dropout=0.0)
+    base.update(kw)
+    return UNIMOConfig(**base)
+
+
+def test_img_token_is_the_mean_of_region_features_with_the_global_box():
+    m = UnifiedTransformer(tiny_cfg())
+    feats = torch.randn(2, 9, 16)
+    x, boxes = m.image_inputs(feats)
+    assert torch.allclose(x[:, 0], feats.mean(1)) and torch.equal(x[:, 1:], feats)
+    assert boxes[:, 0].tolist() == [list(GLOBAL_BOX)] * 2
+    assert torch.allclose(boxes[0, 1], torch.tensor([0, 0, 1 / 3, 1 / 3, 1 / 9]))
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    mask[:, 4] = True
+    xm, _ = m.image_inputs(feats, mask)
+    assert (xm[:, 5] == 0).all() and torch.allclose(xm[:, 0], (feats.sum(1) - feats[:, 4]) / 9)
+
+
+def test_text_sees_image_in_pairs_and_padding_mask():
+    m = UnifiedTransformer(tiny_cfg()).eval()
+    ids = torch.tensor([[49407, 320, 736, 49408, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+    assert text_padding_mask(ids)[0].tolist() == [False] * 4 + [True] * 12
+    img = torch.randint(0, 255, (1, 3, 24, 24), dtype=torch.uint8)
+    _, t1, _ = m.encode_pair_hidden(img, ids)
+    _, t2, _ = m.encode_pair_hidden(255 - img, ids)
+    assert not torch.allclose(t1[:, 0], t2[:, 0])  # the text's [CLS] changes with the image
+
+
+class FakeCtx:
+    rank, world_size, device = 0, 1, torch.device("cpu")
+    meta: dict = {}
+
+    def __init__(self, method, lr):
+        self.method = method
+        self.opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=lr)
+
+    @staticmethod
+    def gather(x, grad=True):
+        return x
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def optimize(self, loss, name):
+        self.opt.zero_grad()
+        loss.backward()
+        self.method.before_optimizer_step(name, self)
+        self.opt.step()
+        self.method.after_optimizer_step(name, self)
+
+
+def _fake_samples(cfg, n=6):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    samples = []
+    for i in range(n):
+        stream = i % 3
+        info = {"index": i, "stream": stream}
+        s = {"json": info, "index": i, "__key__": f"{i:08d}"}
+        if stream != 1:
+            s["jpg"] = img
+        if stream != 2:
+            s["txt"] = "a red circle left of a blue square."
+        if stream == 0:
+            info.update(pos_texts=["a blue square right of a red circle."], ret_texts=[],
+                        neg_texts=[{"text": "a red circle above a blue square.", "level": "phrase"},
+                                   {"text": "a green circle left of a blue square.", "level": "word"}], n_ret_images=1)
+            s["ret0.jpg"] = encode_jpeg(img)
+        samples.append(s)
+    return samples
+
+
+def _batch(cfg, samples, fn):
+    rows = [fn(s, np.random.default_rng(k)) for k, s in enumerate(samples)]
+    return {k: torch.as_tensor(np.stack([r[k] for r in rows])) for k in rows[0]}
+
+
+def test_train_columns_mask_missing_members():
+    cfg = tiny_cfg(hard_negatives=3, n_paraphrases=2, n_ret_texts=1, n_ret_images=2, rewrite_levels="phrase")
+    b = _batch(cfg, _fake_samples(cfg), unimo_train_sample_fn(cfg, {}))
+    assert b["stream"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert b["pos_text_mask"][0].tolist() == [True, False, False] and not b["pos_text_mask"][1].any()
+    assert b["neg_text_mask"][0].tolist() == [True, False, False]  # only the phrase-level rewrite is allowed
+    assert b["ret_image_mask"][0].tolist() == [True, False]
+    assert (b["image"][1] == 0).all() and (b["text"][2] == 0).all()
+    assert not b["region_mask"][1].any() and b["region_mask"][2].any()
+    assert ((b["mlm_labels"][2] == -100).all()) and (b["mlm_labels"][1] != -100).any()
+
+
+@pytest.mark.parametrize("variant", ["card", "unimo2"])
+def test_steps_keep_tau_clipped_and_losses_finite(variant):
+    cfg = tiny_cfg(cmcl_variant=variant, init_temperature=0.5, n_ret_images=1)
+    torch.manual_seed(0)
+    method = UNIMO(cfg)
+    ctx = FakeCtx(method, lr=5.0)  # a huge step throws tau far out; the hooks must pull it back
+    b = _batch(cfg, _fake_samples(cfg), unimo_train_sample_fn(cfg, {}))
+    for _ in range(3):
+        logs = method.train_step(b, ctx)
+        assert cfg.temperature_min <= method.temperature.item() <= cfg.temperature_max
+        assert np.isfinite(logs["loss_cmcl"]) and np.isfinite(logs["loss"])
+    assert {"loss_mlm_text", "loss_mrm_image", "loss_mlm_pair", "loss_mrm_pair"} <= set(logs)
+    method.temperature.data.fill_(9.0)
+    method.after_optimizer_step("main", ctx)
+    assert method.temperature.item() == pytest.approx(0.5)
+
+
+def test_no_unimodal_mix_skips_unimodal_losses():
+    cfg = tiny_cfg(stream_mix="1:0:0")
+    method = UNIMO(cfg)
+    b = _batch(cfg, _fake_samples(cfg), unimo_train_sample_fn(cfg, {}))
+    _, logs = method.compute_losses(b, FakeCtx(method, 0.0))
+    assert "loss_mlm_text" not in logs and "loss_mrm_image" not in logs and "loss_cmcl" in logs
+    with pytest.raises(ValueError, match="stream_mix"):
+        tiny_cfg(stream_mix="0:1:1").validate()
+
+
+def test_evaluate_reports_retrieval_hard_negatives_and_mlm():
+    cfg = tiny_cfg()
+    method = UNIMO(cfg)
+    meta = {"zero_shot": {"colour_shape": {"classnames": ["red circle", "blue square"], "templates": ["a {}."], "label_field": "label"}}}
+    samples = _fake_samples(cfg, 3)
+    for k, s in enumerate(samples):
+        s["jpg"], s["txt"] = samples[0]["jpg"], "a red circle left of a blue square."
+        s["json"] = {"index": k, "label": 0, "hard_negatives": ["a red circle above a blue square."] * 3}
+    b = _batch(cfg, samples, unimo_eval_sample_fn(cfg, meta))
+    b["index"] = torch.arange(3)
+    ctx = FakeCtx(method, 0.0)
+    ctx.meta = meta
+    out = method.evaluate(lambda: iter([b]), ctx)
+    for key in ("hardneg_acc", "hardneg_acc_relation", "i2t_r1", "t2i_r10", "zeroshot_colour_shape_top1", "mlm_acc"):
+        assert key in out
+
+
+@pytest.mark.slow
+def test_run_local_trains_and_reports_the_eval_metric(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTRASTLAB_CACHE", str(tmp_path))
+    from contrastlab.platform.local import run_local
+
+    r = run_local("unimo", ["train.epochs=1", "train.batch_size=32", "data.embedded_params={n_train: 96, n_test: 8, n_heldout: 24}",
+                            "method.layers=1", "method.hidden=32", "method.heads=2"], quiet=True)
+    last = r.history[-1]
+    assert UNIMO.eval_metric in last and 0 <= last[UNIMO.eval_metric] <= 1
+    assert np.isfinite(last["train_loss"])
