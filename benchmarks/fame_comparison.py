@@ -67,6 +67,11 @@ def measure_sample_fn(paths: list[str], n: int = 200) -> dict[str, float]:
     return out
 
 
+def data_params(args) -> str:
+    extra = f", {args.data_params}" if args.data_params else ""
+    return f"n_train: {args.n_train}, n_test: {args.n_test}{extra}"
+
+
 def run_arm(arm: str, seed: int, args) -> dict:
     import torch
 
@@ -75,7 +80,7 @@ def run_arm(arm: str, seed: int, args) -> dict:
     torch.set_num_threads(args.threads)
     sets = [
         f"run.seed={seed}", f"method.use_fame={ARMS[arm]}", f"train.epochs={args.epochs}", f"train.eval_every_epochs={args.epochs}",
-        f"train.batch_size={args.batch_size}", f"data.embedded_params={{n_train: {args.n_train}, n_test: {args.n_test}}}",
+        f"train.batch_size={args.batch_size}", f"data.embedded_params={{{data_params(args)}}}",
         f"method.backbone={args.backbone}", f"method.decode_cache={args.n_train + args.n_test}", *args.set,
     ]
     t0 = time.perf_counter()
@@ -132,6 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--backbone", default="small")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--data-params", default="", help="extra moving-shapes generator params, e.g. 'blob_size: 10, n_frames: 32'")
     p.add_argument("--set", action="append", default=[], help="extra --set overrides for both arms")
     p.add_argument("--fresh", action="store_true")
     args = p.parse_args(argv)
@@ -141,7 +147,9 @@ def main(argv=None) -> int:
 
     from contrastlab.platform.datasets import ensure_dataset
 
-    ds = ensure_dataset("moving-shapes", n_train=args.n_train, n_test=args.n_test)
+    import yaml
+
+    ds = ensure_dataset("moving-shapes", **yaml.safe_load("{" + data_params(args) + "}"))
     done = []
     if os.path.exists(args.out) and not args.fresh:
         done = json.load(open(args.out)).get("runs", [])

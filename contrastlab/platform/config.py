@@ -126,8 +126,8 @@ def _coerce(value, tp, key: str):
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         errors = []
-        if value is None and type(None) in args:
-            return None
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip() in ("null", "~", "None"))):
+            return None  # `--set key=null` unsets an optional field, as `key: null` does in YAML
         for a in args:
             if a is type(None):
                 continue
@@ -286,7 +286,34 @@ def build_experiment(method_name: str, yaml_path: str | None = None, sets: list[
         apply_overrides(exp, flatten(y))
     apply_overrides(exp, {k: v for k, v in flag_overrides.items() if v is not None})
     apply_overrides(exp, parse_sets(sets or []))
+    _epochs_from_phases(exp, method_cls)
     return exp
+
+
+def phase_plan(method_cls, method_cfg) -> list[tuple[str, int]]:
+    """A phased method's [(phase, epochs)], evaluated on the driver from the config alone (the
+    contract: `phases()` reads only `self.cfg`), so epochs, LR schedules and ASHA's max_t agree."""
+    phases = getattr(method_cls, "phases", None)
+    if not callable(phases):
+        return []
+    from types import SimpleNamespace
+
+    return [(str(name), int(n)) for name, n in phases(SimpleNamespace(cfg=method_cfg))]
+
+
+def _epochs_from_phases(exp: Experiment, method_cls) -> None:
+    """For a phased method, `train.epochs` is the sum of its phases' epochs: set it, and say so when
+    a different value was asked for (the phase lengths are the method's own config fields)."""
+    plan = phase_plan(method_cls, exp.method)
+    if not plan:
+        return
+    total = sum(n for _, n in plan)
+    if total < 1:
+        raise ConfigError(f"method {exp.method_name!r} has no training epochs: its phases are {plan}")
+    if exp.train.epochs != total:
+        print(f"[contrastlab] train.epochs = {total}: the sum of {exp.method_name}'s phases {plan} "
+              f"(set the phase lengths in the method config to change it; train.epochs={exp.train.epochs} ignored)")
+        exp.train.epochs = total
 
 
 def parse_sets(sets: list[str]) -> dict:

@@ -193,9 +193,10 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 def train(exp: Experiment, *, name: str, storage: str) -> dict:
     """`contrastlab train`: one run (no sweep). Returns the final metrics."""
+    plan = plan_data(exp)  # bad shard patterns are refused before any Ray work starts
     init_ray()
     plan_resources(exp, cluster_cpus())
-    trainer = make_trainer(exp, name=run_name_ok(name), storage=storage)
+    trainer = make_trainer(exp, name=run_name_ok(name), storage=storage, plan=plan)
     result = trainer.fit()
     if result.error:
         raise result.error

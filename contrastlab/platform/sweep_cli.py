@@ -23,6 +23,9 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. --set method.lr=3e-4 (repeatable)")
     p.add_argument("--smoke", action="store_true", help="tiny sweep that finishes in a few minutes on 2 CPU cores")
     p.add_argument("--resume", action="store_true", help="restore an interrupted sweep of the same --name: finished trials are kept")
+    p.add_argument("--max-failures", type=int, default=None,
+                   help="restarts of a trial after a worker, driver-actor or node loss, each from its last checkpoint "
+                        "(run.max_failures; default 1 in sweeps, 0 turns fault tolerance off)")
 
 
 def build_from_args(method: str, args) -> tuple:
@@ -42,6 +45,9 @@ def build_from_args(method: str, args) -> tuple:
             "data.train": args.data, "data.eval": args.eval_data, "train.epochs": args.max_epochs,
             "run.workers": args.workers, "run.cpus_per_worker": args.cpus_per_worker, "run.gpus_per_worker": args.gpus_per_worker,
             **({"data.bad_samples": "skip"} if not any(s.startswith("data.bad_samples") for s in args.set) else {}),
+            # fault tolerance on by default in sweeps: a lost worker/node restarts from the last checkpoint
+            **({"run.max_failures": args.max_failures if args.max_failures is not None else 1}
+               if not any(s.startswith("run.max_failures") for s in args.set) else {}),
         },
     )
     return exp, method_cls
@@ -63,7 +69,7 @@ def sweep_main(method: str, argv: list[str] | None = None) -> dict:
     print(f"[contrastlab] sweep {name}: {num_samples} trial(s) of {method}, results in {os.path.join(root, name)}")
     print(f"[contrastlab] watch: tensorboard --logdir {os.path.join(root, name)} --host 127.0.0.1   (Ray dashboard: http://127.0.0.1:8265)")
     return run_sweep(exp, name=name, storage=storage, num_samples=num_samples, max_concurrent=args.max_concurrent,
-                     scheduler=args.scheduler, resume=args.resume)
+                     scheduler=args.scheduler, resume=args.resume, max_trial_failures=exp.run.max_failures)
 
 
 if __name__ == "__main__":

@@ -309,17 +309,28 @@ def save_checkpoint(directory: str, ctx: StepContext, epoch_done: int, step_in_e
     tmp = os.path.join(directory, STATE_FILE + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, os.path.join(directory, STATE_FILE))
-    with open(os.path.join(directory, META_FILE), "w") as fh:
-        json.dump({**config_fingerprint(ctx.exp), "epoch_done": epoch_done, "step": ctx.step, "step_in_epoch": step_in_epoch}, fh)
+    # meta.json last, via rename, with state.pt's size: a checkpoint is complete only if meta.json
+    # exists and the size matches, so a copy torn by a kill is refused, never half-loaded.
+    meta = {**config_fingerprint(ctx.exp), "epoch_done": epoch_done, "step": ctx.step, "step_in_epoch": step_in_epoch,
+            "state_bytes": os.path.getsize(os.path.join(directory, STATE_FILE))}
+    with open(os.path.join(directory, META_FILE + ".tmp"), "w") as fh:
+        json.dump(meta, fh)
+    os.replace(os.path.join(directory, META_FILE + ".tmp"), os.path.join(directory, META_FILE))
 
 
 def load_checkpoint_state(directory: str, exp: Experiment) -> dict:
     """Load with `weights_only=True` (no arbitrary unpickling); refuse other methods/configs."""
     meta_path, state_path = os.path.join(directory, META_FILE), os.path.join(directory, STATE_FILE)
-    if not os.path.exists(state_path):
-        raise CheckpointMismatchError(f"{directory} holds no {STATE_FILE}: not a contrastlab checkpoint (or a torn one)")
-    with open(meta_path) as fh:
-        meta = json.load(fh)
+    if not os.path.exists(state_path) or not os.path.exists(meta_path):
+        raise CheckpointMismatchError(f"{directory} holds no {STATE_FILE} + {META_FILE}: not a contrastlab checkpoint (or a torn one)")
+    try:
+        with open(meta_path) as fh:
+            meta = json.load(fh)
+    except ValueError as exc:
+        raise CheckpointMismatchError(f"{directory}: unreadable {META_FILE} ({exc}): a torn checkpoint") from None
+    if "state_bytes" in meta and os.path.getsize(state_path) != meta["state_bytes"]:
+        raise CheckpointMismatchError(f"{directory}: {STATE_FILE} has {os.path.getsize(state_path)} bytes, "
+                                      f"{META_FILE} says {meta['state_bytes']}: a torn checkpoint")
     if meta["method_name"] != exp.method_name:
         raise CheckpointMismatchError(
             f"checkpoint {directory} is from method {meta['method_name']!r}, this run is {exp.method_name!r}"
@@ -332,7 +343,12 @@ def load_checkpoint_state(directory: str, exp: Experiment) -> dict:
             + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             + ". Resume with the original config, or start a new run name."
         )
-    return torch.load(state_path, map_location="cpu", weights_only=True)
+    import pickle
+
+    try:
+        return torch.load(state_path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:  # a torn zip, or a non-tensor pickle weights_only refuses
+        raise CheckpointMismatchError(f"{directory}: cannot load {STATE_FILE} with weights_only=True: {str(exc)[:300]}") from None
 
 
 # --------------------------------------------------------------------------- the per-worker loop

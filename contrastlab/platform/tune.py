@@ -19,22 +19,47 @@ from contrastlab.platform.config import Experiment, apply_overrides
 from contrastlab.platform.runner import init_ray, make_trainer, plan_data, plan_resources, cluster_cpus
 
 
-def _trial_fn(config: dict) -> None:
+def _trial_fn(config: dict, experiment: dict, storage: str, name: str) -> None:
+    """One trial: the sweep's experiment with this trial's sampled overrides, run as a TorchTrainer.
+    The experiment travels by `tune.with_parameters` (not in the param space), so Tune's progress
+    lines and result files show only the sampled hyperparameters."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    base = Experiment.from_dict(config["__experiment__"])
-    overrides = {k: v for k, v in config.items() if not k.startswith("__")}
-    exp = apply_overrides(base, overrides)
+    exp = apply_overrides(Experiment.from_dict(experiment), dict(config))
     trial_id = ray.tune.get_context().get_trial_id()
     trial_dir = ray.tune.get_context().get_trial_dir()
-    exp_root = f"{config['__storage__'].rstrip('/')}/{config['__name__']}"  # local path or URI alike
+    exp_root = f"{storage.rstrip('/')}/{name}"  # local path or URI alike
     tb_dir = os.path.join(trial_dir, "tensorboard") if "://" not in exp_root else f"{exp_root}/tensorboard/{trial_id}"
-    trainer = make_trainer(exp, name=f"{config['__name__']}-train-{trial_id}", storage=f"{exp_root}/train_runs",
+    trainer = make_trainer(exp, name=f"{name}-train-{trial_id}", storage=f"{exp_root}/train_runs",
                            callbacks=[TuneReportCallback()], tb_dir=tb_dir)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - only a non-finite loss is handled here
+        reason = _nonfinite_reason(exc)
+        if reason is None:
+            raise
+        # A NaN/inf loss is the trial's outcome, not a fault to retry (Tune's max_failures would rerun it):
+        # stop this trial with the reason and the worst metric in its last result; the sweep goes on.
+        from contrastlab.methods.registry import get_method
+
+        method_cls = get_method(exp.method_name)
+        worst = float("-inf") if getattr(method_cls, "eval_mode", "max") == "max" else float("inf")
+        ray.tune.report({method_cls.eval_metric: worst, "stopped_reason": reason})
+        return
     if result.error:
         raise result.error
+
+
+def _nonfinite_reason(exc: BaseException) -> str | None:
+    """The NonFiniteLossError message inside a Train failure (worker errors arrive wrapped), else None."""
+    text = str(exc)
+    for failure in getattr(exc, "worker_failures", {}).values():
+        text += "\n" + str(failure)
+    if "NonFiniteLossError" not in text:
+        return None
+    line = next((l for l in text.splitlines() if "non-finite" in l), "non-finite loss")
+    return line.split("NonFiniteLossError:", 1)[-1].strip()[:500]
 
 
 def build_scheduler(kind: str, metric: str, mode: str, max_t: int, search_space: dict):
@@ -65,6 +90,7 @@ def run_sweep(
     import ray.tune
     from contrastlab.methods.registry import get_method
 
+    plan_data(exp)  # generate embedded data / refuse bad shard patterns before any Ray work starts
     init_ray()
     method_cls = get_method(exp.method_name)
     metric, mode = method_cls.eval_metric, getattr(method_cls, "eval_mode", "max")
@@ -79,11 +105,11 @@ def run_sweep(
             gpus = ray.cluster_resources().get("GPU", 0)
             max_concurrent = max(1, min(max_concurrent, int(gpus // (exp.run.gpus_per_worker * max(1, exp.run.workers)))))
     plan_resources(exp, cpus, concurrent_trials=max_concurrent)
-    plan_data(exp)  # generate embedded data / validate shard patterns once, before any trial starts
     storage_path = storage if "://" in storage else os.path.abspath(os.path.expanduser(storage))
     exp_dir = os.path.join(storage_path, name)
-    param_space: dict[str, Any] = {**space, "__experiment__": exp.to_dict(), "__storage__": storage_path, "__name__": name}
-    trainable = ray.tune.with_resources(_trial_fn, {"CPU": 0.01})
+    param_space: dict[str, Any] = dict(space)
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(_trial_fn, experiment=exp.to_dict(), storage=storage_path, name=name), {"CPU": 0.01})
     if resume and ray.tune.Tuner.can_restore(exp_dir):
         print(f"[contrastlab] resuming sweep {exp_dir}")
         tuner = ray.tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True, resume_errored=True, param_space=param_space)
@@ -102,18 +128,19 @@ def run_sweep(
                                           failure_config=ray.tune.FailureConfig(max_failures=max_trial_failures)),
         )
     results = tuner.fit()
-    return summarise(results, metric, mode, exp_dir)
+    return summarise(results, metric, mode, exp_dir, experiment=exp)
 
 
-def summarise(results, metric: str, mode: str, exp_dir: str) -> dict:
+def summarise(results, metric: str, mode: str, exp_dir: str, experiment: Experiment | None = None) -> dict:
     """Print the trial table and write best.json into the experiment folder."""
     rows = []
     for r in results:
         cfg = {k: v for k, v in (r.config or {}).items() if not k.startswith("__")}
         m = r.metrics or {}
-        rows.append({"trial": os.path.basename(r.path or ""), "status": "ERROR" if r.error else "OK",
+        rows.append({"trial": os.path.basename(r.path or ""),
+                     "status": "ERROR" if r.error else ("STOPPED" if m.get("stopped_reason") else "OK"),
                      "epochs": m.get("training_iteration"), metric: m.get(metric), **cfg,
-                     "error": str(r.error).splitlines()[0][:120] if r.error else ""})
+                     "error": str(r.error).splitlines()[0][:120] if r.error else m.get("stopped_reason", "")})
     keys = list(dict.fromkeys(k for row in rows for k in row))
     print("\n" + " | ".join(keys))
     for row in rows:
@@ -126,7 +153,9 @@ def summarise(results, metric: str, mode: str, exp_dir: str) -> dict:
             "best_config": best_cfg,
             "best_metrics": {k: v for k, v in (best.metrics or {}).items() if isinstance(v, (int, float, str))},
             "best_trial_dir": best.path,
-            "experiment": best.config.get("__experiment__"),
+            # the best trial's whole resolved config: rerun it with `contrastlab train --config` (YAML/JSON)
+            "experiment": (apply_overrides(Experiment.from_dict(experiment.to_dict()), dict(best_cfg)).to_dict()
+                           if experiment is not None else None),
         })
     except (RuntimeError, ValueError, KeyError) as exc:
         summary["best_error"] = str(exc)

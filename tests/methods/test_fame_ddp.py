@@ -2,6 +2,7 @@
 queue fed with gathered keys is identical on both ranks."""
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -27,6 +28,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # spawns two python processes (~10 s idle, ~60 s on the loaded shared machine)
 def test_shuffle_bn_ddp_two_ranks(tmp_path):
     mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn", join=True)
     r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))

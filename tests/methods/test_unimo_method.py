@@ -43,6 +43,18 @@ def test_text_sees_image_in_pairs_and_padding_mask():
     assert not torch.allclose(t1[:, 0], t2[:, 0])  # the text's [CLS] changes with the image
 
 
+def test_inputs_stay_distinguishable_at_init():
+    """Regression: a default N(0,1) type embedding drowned every token after the LayerNorm, so all
+    captions pooled to the same vector (cos 0.99999) and CMCL could not leave log(2N-1)."""
+    torch.manual_seed(0)
+    m = UnifiedTransformer(UNIMOConfig()).eval()
+    ids = torch.zeros(2, 24, dtype=torch.long)
+    ids[0, :6] = torch.tensor([49407, 320, 736, 2445, 539, 49408])
+    ids[1, :6] = torch.tensor([49407, 320, 1901, 3999, 539, 49408])
+    h = m.encode_text_hidden(ids)[:, 0]
+    assert torch.nn.functional.cosine_similarity(h[0], h[1], dim=0) < 0.999
+
+
 class FakeCtx:
     rank, world_size, device = 0, 1, torch.device("cpu")
     meta: dict = {}

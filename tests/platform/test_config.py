@@ -46,3 +46,15 @@ def test_resource_plan_that_starves_ingest_is_refused():
         plan_resources(exp, cluster_cpus=2)
     exp = build_experiment("clip", sets=["run.workers=2", "run.cpus_per_worker=0.5"])
     plan_resources(exp, cluster_cpus=2)
+
+
+def test_set_null_unsets_an_optional_field():
+    from typing import Optional
+
+    from contrastlab.platform.config import _coerce
+
+    assert _coerce("null", Optional[int], "method.x") is None
+    assert _coerce("~", int | None, "method.x") is None
+    assert _coerce("3", int | None, "method.x") == 3
+    with pytest.raises(ConfigError):
+        _coerce("null", int, "method.x")

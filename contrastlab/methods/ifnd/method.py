@@ -104,6 +104,7 @@ class IFNDConfig:
     probe_every: int = 0  # 0: linear probe at the last epoch only; n: also every n epochs
     probe_max_train: int = 10000  # linear probe fits on at most this many (seeded) training features
     eval_kmeans_n_init: int = 10
+    eval_threads: int = 1  # BLAS/OpenMP threads for the sklearn metrics (oversubscribed BLAS made a 1k-sample probe take minutes); 0 = library default
 
     def ks(self) -> tuple[int, ...]:
         return tuple(max(1, int(round(k * self.cluster_multiplier))) for k in self.cluster_counts)
@@ -420,7 +421,8 @@ class IFND(nn.Module):
         if ctx.rank == 0 and len(te_x) and len(tr_x) and (tr_y >= 0).all() and (te_y >= 0).all():
             out = evaluate_features(tr_x, tr_y, te_x, te_y, n_classes=len(ctx.meta.get("classes", [])) or None,
                                     knn_k=c.knn_k, knn_temperature=c.knn_temperature, probe=bool(do_probe),
-                                    probe_max_train=c.probe_max_train, kmeans_n_init=c.eval_kmeans_n_init, seed=int(ctx.exp.run.seed))
+                                    probe_max_train=c.probe_max_train, kmeans_n_init=c.eval_kmeans_n_init, seed=int(ctx.exp.run.seed),
+                                    threads=c.eval_threads)
         out = dist_utils.broadcast_object(out)
         for k in ("acceptance_rate", "n_accepted", "fn_precision", "cluster_epoch"):
             if k in self.pass_stats:
@@ -432,12 +434,24 @@ class IFND(nn.Module):
 
 
 def evaluate_features(train_x, train_y, test_x, test_y, *, n_classes: int | None = None, knn_k: int = 200, knn_temperature: float = 0.07,
-                      probe: bool = True, probe_max_train: int = 10000, kmeans_n_init: int = 10, seed: int = 0) -> dict[str, float]:
+                      probe: bool = True, probe_max_train: int = 10000, kmeans_n_init: int = 10, seed: int = 0,
+                      threads: int = 1) -> dict[str, float]:
     """Card f on frozen features: kNN top-1, k-means(#classes) ACC/NMI/ARI on the test features, linear probe.
 
     Features are L2-normalised first (kNN is cosine anyway; k-means then clusters directions).
-    Shared with the Fashion-MNIST benchmark so every arm is scored by the same code.
+    Shared with the Fashion-MNIST benchmark so every arm is scored by the same code. `threads`
+    caps BLAS/OpenMP threads while it runs (0 = no cap).
     """
+    import contextlib
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(threads) if threads > 0 else contextlib.nullcontext():
+        return _evaluate_features(train_x, train_y, test_x, test_y, n_classes, knn_k, knn_temperature, probe, probe_max_train,
+                                  kmeans_n_init, seed)
+
+
+def _evaluate_features(train_x, train_y, test_x, test_y, n_classes, knn_k, knn_temperature, probe, probe_max_train, kmeans_n_init, seed):
     from sklearn.cluster import KMeans
 
     from contrastlab.platform.eval import ari, clustering_accuracy, knn_accuracy, linear_probe, nmi

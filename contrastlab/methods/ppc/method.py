@@ -68,8 +68,8 @@ class PPCConfig:
     use_ecr: bool = True
     use_minpool: bool = True
     ecr_fraction: float = 0.2
-    optimizer: str = "adam"  # adam | adamw | sgd (card: SGD, momentum slot = 5e-4 quirk; small version: Adam/SGD lr 0.01)
-    lr: float = 0.01
+    optimizer: str = "adam"  # adam | adamw | sgd (card: SGD lr 0.01, momentum slot = 5e-4 quirk; small version: Adam/SGD lr 0.01)
+    lr: float = 1e-3  # Adam at the card's 0.01 left the from-scratch classifier at the label prior here (measured)
     weight_decay: float = 5e-4
     momentum: float = 5e-4  # SGD only: the official constructor puts wd into momentum (faithful quirk)
     schedule: str = "cosine"  # cosine | constant

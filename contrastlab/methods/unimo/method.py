@@ -324,7 +324,7 @@ class UNIMO(nn.Module):
 
     @staticmethod
     def _hardneg_metrics(records: list[dict]) -> dict[str, float]:
-        parts = [p for p in dist_utils.gather_objects(records) for p in p]
+        parts = [rec for rank_records in dist_utils.gather_objects(records) for rec in rank_records]
         if not parts:
             return {}
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

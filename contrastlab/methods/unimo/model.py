@@ -57,7 +57,8 @@ class UnifiedTransformer(nn.Module):
         self.image_norm = nn.LayerNorm(hidden)
         self.register_buffer("boxes", torch.from_numpy(region_boxes_grid(grid)), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
-        layer = nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout=cfg.dropout, activation="gelu", batch_first=True, norm_first=False)
+        layer = nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout=cfg.dropout, activation="gelu", batch_first=True,
+                                           norm_first=cfg.norm_first)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         # heads
         self.pool_text = pooled_head(hidden, cfg.proj_activation)
@@ -66,7 +67,10 @@ class UnifiedTransformer(nn.Module):
         self.mlm_bias = nn.Parameter(torch.zeros(VOCAB_SIZE))
         target_dim = 3 * cfg.patch_size ** 2 if cfg.region_target == "pixels" else region_dim
         self.region_head = nn.Linear(hidden, target_dim)
-        nn.init.normal_(self.word_embedding.weight, std=0.02)
+        # BERT-style init: the type embedding must be as small as the word embeddings, or (N(0,1)
+        # default) it dominates every token after the LayerNorm and all inputs look alike.
+        for emb in (self.word_embedding, self.type_embedding):
+            nn.init.normal_(emb.weight, std=0.02)
 
     # ---- inputs
     def region_features(self, images_uint8: torch.Tensor) -> torch.Tensor:
@@ -112,12 +116,18 @@ class UnifiedTransformer(nn.Module):
         return h[:, : img.shape[1]], h[:, img.shape[1]:], feats
 
     def embed_image(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """g_v(h(V)): pooled [IMG] output (not normalised; the loss takes the cosine)."""
-        return self.pool_image(self.encode_image_hidden(images_uint8)[0][:, 0])
+        """g_v(h(V)): the [IMG] output (pooling "cls", card) or the mean of all image outputs ("mean");
+        not normalised (the loss takes the cosine)."""
+        h = self.encode_image_hidden(images_uint8)[0]
+        return self.pool_image(h[:, 0] if self.cfg.pooling == "cls" else h.mean(1))
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """g_t(h(W)): pooled [CLS] (SOT) output."""
-        return self.pool_text(self.encode_text_hidden(ids)[:, 0])
+        """g_t(h(W)): the [CLS] (SOT) output, or the mean over the non-padding outputs ("mean")."""
+        h = self.encode_text_hidden(ids)
+        if self.cfg.pooling == "cls":
+            return self.pool_text(h[:, 0])
+        keep = (~text_padding_mask(ids)).unsqueeze(-1).to(h.dtype)
+        return self.pool_text((h * keep).sum(1) / keep.sum(1).clamp(min=1))
 
     # ---- heads
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -72,11 +72,50 @@ def encode_npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+NUMERIC_KINDS = "biuf"  # bool, int, uint, float: what a tensor can be built from without guessing
+
+
 def decode_npy(data: bytes) -> np.ndarray:
+    """.npy bytes -> a numeric array. Strings, complex, structured and datetime arrays are refused:
+    turning them into float tensors would be a silent wrong result, not a conversion."""
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        array = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:  # noqa: BLE001
         raise DecodeError(f"not a valid .npy member ({len(data)} bytes): {exc}") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in NUMERIC_KINDS:
+        raise DecodeError(f".npy member has dtype {getattr(array, 'dtype', type(array).__name__)}; expected a numeric "
+                          f"(bool/int/float) array")
+    return array
+
+
+def check_array(array: np.ndarray, name: str, *, ndim: int | None = None, shape: tuple | None = None,
+                kinds: str = NUMERIC_KINDS) -> np.ndarray:
+    """For a method's sample function: refuse an array of the wrong rank, shape or dtype kind with a
+    DecodeError that says what was expected (the reader adds shard and key). `shape` may hold None
+    for any size along an axis."""
+    array = np.asarray(array)
+    if array.dtype.kind not in kinds:
+        raise DecodeError(f"{name} has dtype {array.dtype}, expected kind(s) {kinds!r}")
+    if shape is not None:
+        ndim = len(shape)
+    if ndim is not None and array.ndim != ndim:
+        raise DecodeError(f"{name} has shape {array.shape} ({array.ndim}-D), expected {ndim}-D"
+                          + (f" {tuple('*' if s is None else s for s in shape)}" if shape is not None else ""))
+    if shape is not None and any(s is not None and s != a for s, a in zip(shape, array.shape)):
+        raise DecodeError(f"{name} has shape {array.shape}, expected {tuple('*' if s is None else s for s in shape)}")
+    return array
+
+
+def check_label(label, num_classes: int, name: str = "label") -> int:
+    """For a method's sample function: an integer class id in [0, num_classes), else DecodeError
+    (the reader adds shard and key; the bad-sample policy raises or skips and counts)."""
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)) and not (
+            isinstance(label, float) and label.is_integer()):
+        raise DecodeError(f"{name} {label!r} is not an integer class id")
+    label = int(label)
+    if not 0 <= label < num_classes:
+        raise DecodeError(f"{name} {label} outside the configured classes 0..{num_classes - 1}")
+    return label
 
 
 def decode_text(data: bytes) -> str:

@@ -12,12 +12,41 @@ import glob
 import itertools
 import os
 import re
+import threading
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
 
 
 class ShardPatternError(ValueError):
     pass
+
+
+# Object-store look-ups give up after this many seconds instead of hanging: with no route to the
+# service, pyarrow's GCS client retries for many minutes (measured: >120 s for a gs:// path).
+URI_TIMEOUT_S = float(os.environ.get("CONTRASTLAB_URI_TIMEOUT_S", "30"))
+
+
+def _with_timeout(what: str, fn, *args):
+    """Run a blocking object-store call in a daemon thread; ShardPatternError if it takes too long."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True, name="contrastlab-uri-probe")
+    t.start()
+    t.join(URI_TIMEOUT_S)
+    if t.is_alive():
+        raise ShardPatternError(
+            f"cannot reach {what}: no answer within {URI_TIMEOUT_S:g} s (set CONTRASTLAB_URI_TIMEOUT_S to wait longer). "
+            f"Check the bucket name, the network route and credentials"
+        )
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -90,13 +119,18 @@ def _resolve_remote(uri: str):
     import pyarrow.fs as pafs
 
     try:
-        fs, path = pafs.FileSystem.from_uri(uri.split("*")[0].rsplit("/", 1)[0] + "/x" if glob.has_magic(uri) else uri)
+        fs, path = _with_timeout(repr(uri), pafs.FileSystem.from_uri,
+                                 uri.split("*")[0].rsplit("/", 1)[0] + "/x" if glob.has_magic(uri) else uri)
+    except ShardPatternError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad URIs
         raise ShardPatternError(f"cannot open {uri!r}: {exc}. Check the scheme (s3://, gs://) and credentials") from None
     scheme, rest = uri.split("://", 1)
     if not glob.has_magic(uri):
         try:
-            info = fs.get_file_info(rest)
+            info = _with_timeout(repr(uri), fs.get_file_info, rest)
+        except ShardPatternError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise ShardPatternError(f"cannot reach {uri!r}: {exc}") from None
         if info.type == pafs.FileType.NotFound:
@@ -104,7 +138,9 @@ def _resolve_remote(uri: str):
         return fs, [rest]
     parent = rest.rsplit("/", 1)[0]
     try:
-        infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False))
+        infos = _with_timeout(f"{scheme}://{parent}", fs.get_file_info, pafs.FileSelector(parent, recursive=False))
+    except ShardPatternError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise ShardPatternError(f"cannot list {scheme}://{parent}: {exc}") from None
     found = sorted(i.path for i in infos if fnmatch.fnmatch(i.path, rest))

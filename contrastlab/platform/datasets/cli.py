@@ -4,6 +4,10 @@
     python -m contrastlab.platform.datasets make shapes-captions --seed 1 n_train=5000 image_size=48
     python -m contrastlab.platform.datasets convert cub ~/CUB_200_2011 ~/shards/cub --crop-to-bbox --image-size 128 --resize square
     python -m contrastlab.platform.datasets convert folder ~/photos ~/shards/photos --test-fraction 0.2
+    python -m contrastlab.platform.datasets convert reid ~/shards/reid --source market1501:~/Market-1501-v15.09.15:market:seen \
+        --source dukemtmc:~/DukeMTMC-reID:duke:seen --source msmt17:~/MSMT17_V1:msmt:unseen --image-size 256 128
+    python -m contrastlab.platform.datasets convert hsi ~/Indian_pines_corrected.mat ~/Indian_pines_gt.mat ~/shards/ip \
+        --patch-size 15 --train-per-class 10
 
 `make` prints the dataset folder and its split shard patterns; `key=value` parameters are
 parsed with the type of the parameter's default.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import _MODULES, _REGISTRY, convert_cub, convert_image_folder, ensure_dataset, list_datasets
@@ -69,7 +74,34 @@ def build_parser() -> argparse.ArgumentParser:
     cub.add_argument("--bbox-margin", type=float, default=0.0)
     folder.add_argument("--test-fraction", type=float, default=0.0)
     folder.add_argument("--seed", type=int, default=0)
+    reid = kinds.add_parser("reid", help="Market-1501 / DukeMTMC-reID / MSMT17 folders -> one multi-domain re-id dataset")
+    reid.add_argument("out")
+    reid.add_argument("--source", action="append", required=True, metavar="LAYOUT:DIR:DOMAIN:ROLE",
+                      help="layout market1501|dukemtmc|msmt17, role seen|unseen|source (repeatable, in domain order)")
+    reid.add_argument("--image-size", type=int, nargs=2, default=(256, 128), metavar=("H", "W"))
+    reid.add_argument("--seed", type=int, default=0)
+    reid.add_argument("--overwrite", action="store_true")
+    hsi = kinds.add_parser("hsi", help="Indian Pines / Pavia University / Salinas .mat cube + ground truth -> patch shards")
+    hsi.add_argument("cube")
+    hsi.add_argument("gt")
+    hsi.add_argument("out")
+    hsi.add_argument("--scene", default=None, help="indian_pines | pavia_university | salinas (default: guessed from the file name)")
+    hsi.add_argument("--patch-size", type=int, default=15)
+    hsi.add_argument("--train-per-class", type=float, default=10, help=">= 1: labelled pixels per class; < 1: a fraction")
+    hsi.add_argument("--seed", type=int, default=0)
+    hsi.add_argument("--overwrite", action="store_true")
     return parser
+
+
+def _reid_sources(specs: list[str]) -> list[tuple[str, str, str, str]]:
+    out = []
+    for spec in specs:
+        parts = spec.split(":")
+        if len(parts) != 4:
+            raise ValueError(f"--source expects LAYOUT:DIR:DOMAIN:ROLE, got {spec!r}")
+        layout, src, domain, role = parts
+        out.append((layout, os.path.expanduser(src), domain, role))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "make":
             paths = ensure_dataset(args.name, seed=args.seed, cache_dir=args.cache_dir, **_parse_params(args.name, args.params))
             print(json.dumps(paths.meta, indent=1) if args.json else _summary(paths))
+        elif args.kind == "reid":
+            from .reid_converters import convert_reid
+
+            paths = convert_reid(_reid_sources(args.source), args.out, image_size=tuple(args.image_size), seed=args.seed,
+                                 overwrite=args.overwrite)
+            print(_summary(paths))
+        elif args.kind == "hsi":
+            from .hsi import convert_hsi
+
+            per_class = int(args.train_per_class) if args.train_per_class >= 1 else args.train_per_class
+            paths = convert_hsi(args.cube, args.gt, args.out, scene=args.scene, overwrite=args.overwrite,
+                                patch_size=args.patch_size, train_per_class=per_class, seed=args.seed)
+            print(_summary(paths))
         elif args.kind == "cub":
             paths = convert_cub(args.src, args.out, crop_to_bbox=args.crop_to_bbox, bbox_margin=args.bbox_margin,
                                 image_size=args.image_size, resize=args.resize, maxcount=args.maxcount, overwrite=args.overwrite)

@@ -2,7 +2,7 @@
 segmentation (PPC). Image-level tags for training, exact masks for evaluation.
 
 Each image is a `image_size`^2 RGB canvas with a random texture (stripes, checks or blobs in two
-random colours, plus noise) and `min_items`..`max_items` Fashion-MNIST items, each resized to a
+random colours, the second `texture_contrast` of the way from the first to a random colour, plus noise) and `min_items`..`max_items` Fashion-MNIST items, each resized to a
 random side in [item_min, item_max], tinted a random colour (shaded by the item's grey levels) and
 pasted at a random place; later items occlude earlier ones. The mask is exact: a canvas pixel
 belongs to an item where the resized item's grey level exceeds `mask_threshold` (those pixels are
@@ -40,9 +40,11 @@ def partner(c: int) -> int:
     return c ^ 1
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random two-colour texture with noise, uint8 (size, size, 3)."""
-    c1, c2 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+def _texture(rng: np.random.Generator, size: int, contrast: float = 1.0) -> np.ndarray:
+    """A random two-colour texture with noise, uint8 (size, size, 3); the second colour is moved
+    `contrast` of the way from the first towards a random colour (1 = two independent colours)."""
+    c1 = rng.integers(0, 256, 3).astype(np.float64)
+    c2 = c1 + contrast * (rng.integers(0, 256, 3) - c1)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     kind = rng.integers(3)
     if kind == 0:  # stripes at a random angle and period
@@ -71,7 +73,7 @@ def _tint(rng: np.random.Generator) -> np.ndarray:
 
 def compose_scene(rng: np.random.Generator, pools: list[tuple[np.ndarray, np.ndarray]], *, image_size: int, n_classes: int,
                   min_items: int, max_items: int, pair_prob: float, item_min: int, item_max: int, mask_threshold: int,
-                  min_visible: int) -> tuple[np.ndarray, np.ndarray, list[int], list[dict]]:
+                  min_visible: int, texture_contrast: float = 1.0) -> tuple[np.ndarray, np.ndarray, list[int], list[dict]]:
     """One scene: (uint8 image (S, S, 3), uint8 mask (S, S), sorted 1-based labels, item records).
 
     pools[c] = (Fashion-MNIST images of class c, their indices in the official split).
@@ -85,7 +87,7 @@ def compose_scene(rng: np.random.Generator, pools: list[tuple[np.ndarray, np.nda
         while len(classes) < n_items:
             classes.append(int(rng.integers(n_classes)))
         order = rng.permutation(len(classes))  # the partner is not always pasted on top
-        image = _texture(rng, image_size).astype(np.float32)
+        image = _texture(rng, image_size, texture_contrast).astype(np.float32)
         owner = np.full((image_size, image_size), -1, np.int64)  # item id per pixel
         items = []
         for item_id, pos in enumerate(order):
@@ -124,7 +126,7 @@ def _class_pools(split: str, n_classes: int):
 
 def generate(out_dir: Path, *, seed: int, n_train: int, n_val: int, image_size: int, n_classes: int, min_items: int,
              max_items: int, pair_prob: float, item_min: int, item_max: int, mask_threshold: int, min_visible: int,
-             train_masks: bool, jpeg_quality: int):
+             texture_contrast: float, train_masks: bool, jpeg_quality: int):
     check_count("n_train", n_train, 0)
     check_count("n_val", n_val, 0)
     check_count("image_size", image_size, 16, 1024)
@@ -137,8 +139,11 @@ def generate(out_dir: Path, *, seed: int, n_train: int, n_val: int, image_size: 
     check_count("jpeg_quality", jpeg_quality, 1, 100)
     if not 0.0 <= pair_prob <= 1.0:
         raise ValueError(f"pair_prob must lie in [0, 1], got {pair_prob}")
+    if not 0.0 <= texture_contrast <= 1.0:
+        raise ValueError(f"texture_contrast must lie in [0, 1], got {texture_contrast}")
     params = dict(image_size=image_size, n_classes=n_classes, min_items=min_items, max_items=max_items, pair_prob=pair_prob,
-                  item_min=item_min, item_max=item_max, mask_threshold=mask_threshold, min_visible=min_visible)
+                  item_min=item_min, item_max=item_max, mask_threshold=mask_threshold, min_visible=min_visible,
+                  texture_contrast=texture_contrast)
     splits = {}
     for split_id, (split, n, source, offset, with_mask) in enumerate(
             (("train", n_train, "train", 0, train_masks), ("val", n_val, "test", n_train, True))):
@@ -177,7 +182,7 @@ SPEC = DatasetSpec(
     name="fashion-scenes",
     description="real Fashion-MNIST items pasted on textured canvases with co-occurring class pairs: image-level tags + exact masks (WSSS)",
     defaults={"n_train": 1500, "n_val": 300, "image_size": 64, "n_classes": 4, "min_items": 2, "max_items": 4, "pair_prob": 0.7,
-              "item_min": 20, "item_max": 36, "mask_threshold": 40, "min_visible": 16, "train_masks": False, "jpeg_quality": 95},
+              "item_min": 20, "item_max": 36, "mask_threshold": 40, "min_visible": 16, "texture_contrast": 1.0, "train_masks": False, "jpeg_quality": 95},
     choices={"n_classes": (2, 4, 6)},
     generate=generate,
 )
