@@ -95,7 +95,8 @@ def start_ray(num_cpus: int, object_store_mb: int | None = None) -> None:
     import ray
 
     kwargs = {"object_store_memory": object_store_mb * 2**20} if object_store_mb else {}
-    ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=True, **kwargs)
+    # address="local": a new cluster even where another one (e.g. a cluster_utils head) is registered on this host
+    ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=True, **kwargs)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()

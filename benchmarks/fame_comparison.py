@@ -12,7 +12,8 @@ clip). Evaluation (the method's own `evaluate`, once at the end): frozen backbon
 `eval_clips` centre-cropped clips), a logistic-regression probe fit on the background-biased
 training split and scored on the test split whose backgrounds are independent of the class
 (`probe_top1`), test->train class retrieval R@1/5/10 with per-set centring, and a background-family
-probe (`bg_probe_top1`, lower = less background in the features). Mean +- sample std (ddof=1) over
+probe (`bg_probe_top1`, lower = less background in the features) and a diagnostic probe fit and
+scored within the test split (`probe_test_halves_top1`: is the class in the features at all). Mean +- sample std (ddof=1) over
 seeds. The card's success criterion: FAME ahead by >= 10 points of probe top-1 and >= 5 points of R@1.
 
 Also measured and printed: clips/s of the per-sample CPU work (MP4 decode + clip sampling + crop/flip)
@@ -33,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import numpy as np  # noqa: E402
 
-METRICS = ("probe_top1", "retrieval_r1", "retrieval_r5", "retrieval_r10", "bg_probe_top1")
+METRICS = ("probe_top1", "retrieval_r1", "retrieval_r5", "retrieval_r10", "bg_probe_top1", "probe_test_halves_top1")
 ARMS = {"moco": "false", "fame": "true"}
 
 

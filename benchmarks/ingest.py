@@ -245,7 +245,7 @@ def main() -> None:
     ap.add_argument("--data-cpus", type=float, default=1.0,
                     help="CPUs per Ray Data task (1.0: --procs tasks at a time; the platform default 0.5 runs 2x--procs)")
     args = ap.parse_args()
-    n64, n224 = (1000, 300) if args.quick else (8000, 2000)
+    n64, n224 = (1500, 400) if args.quick else (8000, 2000)
     epochs = args.epochs or (2 if args.quick else 3)
     work = tempfile.mkdtemp(prefix="bench_ingest_")
     report = {"benchmark": "ingest", "quick": args.quick, "machine": machine(), "settings": {

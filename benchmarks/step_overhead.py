@@ -125,9 +125,11 @@ def main() -> None:
     ap.add_argument("--out")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--repeats", type=int, default=0, help="interleaved epochs of each (0: 5 quick, 11 full)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     n_train, repeats, ray_epochs = (1280, 5, 3) if args.quick else (3200, 11, 4)
+    repeats = args.repeats or repeats
     storage = tempfile.mkdtemp(prefix="bench_step_")
     print(f"load average {os.getloadavg()}")
 
@@ -150,6 +152,7 @@ def main() -> None:
     rows.append({"path": "run_epochs (in-memory batches, interleaved)", "steps/s": loop_med, "vs bare": loop_med / bare_med,
                  "overhead": 1 - loop_med / bare_med, "epochs": repeats, "spread": f"{min(loop_rates):.3g}-{max(loop_rates):.3g}"})
 
+    print_table(rows, ["path", "steps/s", "vs bare", "overhead", "epochs", "spread"])
     # run_local: the real function, reading the shards in-process; last epoch, ingest wait removed
     from contrastlab.platform.local import run_local
 

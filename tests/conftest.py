@@ -15,13 +15,22 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One real local Ray cluster for the whole session (2 logical CPUs, dashboard on 127.0.0.1)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, dashboard_host="127.0.0.1", dashboard_port=8277, include_dashboard=True)
+        # address="local": always a fresh cluster of our own, even if a `ray start` cluster runs on this host
+        ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", dashboard_port=_free_port(), include_dashboard=True)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -176,7 +176,9 @@ def cluster_cpus() -> float:
 
 
 def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to RAY_ADDRESS / a running cluster, or start a local one bound to 127.0.0.1."""
+    """Connect to RAY_ADDRESS (set by `ray job submit`; `RAY_ADDRESS=auto` picks a `ray start` cluster on
+    this host), else start a private local cluster bound to 127.0.0.1. Never attach silently to some
+    other cluster that happens to run on the host (a shared box has several)."""
     import ray
 
     if ray.is_initialized():
@@ -185,7 +187,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=True)
+        # address="local": always a new cluster. Plain ray.init() joins whatever `ray start` cluster
+        # it finds on the host (even a dead one, or another user's); join a cluster via RAY_ADDRESS.
+        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=True)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

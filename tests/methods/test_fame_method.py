@@ -77,7 +77,7 @@ def test_run_local_trains_and_evaluates(tmp_path, monkeypatch):
                            "method.queue_size=64", "method.eval_clips=1"], quiet=True, tb_dir=str(tmp_path / "tb"))
     last = r.history[-1]
     assert np.isfinite(last["train_loss"]) and last["step"] == 4
-    for key in ("probe_top1", "retrieval_r1", "retrieval_r5", "retrieval_r10", "bg_probe_top1"):
+    for key in ("probe_top1", "retrieval_r1", "retrieval_r5", "retrieval_r10", "bg_probe_top1", "probe_test_halves_top1"):
         assert 0.0 <= last[key] <= 1.0
     assert r.method.queue.ptr.item() == (4 * 2 * 16) % 64
     assert any(p.name.startswith("events") for p in (tmp_path / "tb").rglob("*"))

@@ -15,7 +15,10 @@ import time
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path[:0] = [ROOT, HERE]
+# the raylets started below inherit this: their workers import contrastlab and the helpers too
+os.environ["PYTHONPATH"] = os.pathsep.join([ROOT, HERE, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 from reliability_helpers import alive_train_workers, tiny_experiment  # noqa: E402
 
@@ -25,7 +28,13 @@ def main(mode: str, storage: str) -> dict:
     import ray.data
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_host": "127.0.0.1", "include_dashboard": True})
+    import socket
+
+    with socket.socket() as sock:  # a free port: 8265 may belong to another cluster on this host
+        sock.bind(("127.0.0.1", 0))
+        dashboard_port = sock.getsockname()[1]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_host": "127.0.0.1", "include_dashboard": True,
+                                                            "dashboard_port": dashboard_port})
     second = cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address)
     ray.data.DataContext.get_current().enable_progress_bars = False

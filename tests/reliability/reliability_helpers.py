@@ -56,10 +56,14 @@ def checkpoint_metas(run_dir):
 
 def alive_train_workers():
     """(pid, node id) of this cluster's live Ray Train worker actors, from Ray's state API."""
+    import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True,
-                         raise_on_missing_output=False)
+    # This cluster's dashboard, named explicitly: with no address the state API refuses to choose
+    # when other Ray clusters run on the same host ("Found multiple active Ray instances").
+    url = ray._private.worker._global_node.address_info["webui_url"]
+    actors = list_actors(address=f"http://{url}", filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                         detail=True, raise_on_missing_output=False)
     return [(a.pid, a.node_id) for a in actors if a.pid]
 
 

@@ -22,9 +22,13 @@ def test_killed_train_worker_restores_from_checkpoint_and_finishes(ray_cluster, 
 
     def killer():
         t0 = time.time()
-        while time.time() - t0 < 400 and not killed:
+        while time.time() - t0 < 600 and "pid" not in killed:
             if any(m["epoch_done"] == 1 for m in checkpoint_metas(os.path.join(storage, name))):
-                workers = alive_train_workers()
+                try:
+                    workers = alive_train_workers()
+                except Exception as exc:  # noqa: BLE001 - keep trying; the state API can time out under load
+                    killed.setdefault("errors", []).append(repr(exc))
+                    workers = []
                 if workers:
                     pid = workers[0][0]
                     os.kill(pid, signal.SIGKILL)  # a real process death, mid-run (epoch 2 of 3)
@@ -36,7 +40,7 @@ def test_killed_train_worker_restores_from_checkpoint_and_finishes(ray_cluster, 
     thread.start()
     metrics = train(exp, name=name, storage=storage)
     thread.join(1)
-    assert killed, "the worker was never killed (no epoch-1 checkpoint seen)"
+    assert "pid" in killed, f"the worker was never killed (no epoch-1 checkpoint seen): {killed}"
     assert metrics["epoch"] == 3 and metrics["step"] == 30  # 3 epochs x 10 steps: nothing lost, nothing doubled
     assert worker_logs("resumed from checkpoint: epoch 1"), "the restarted worker did not restore the epoch-1 checkpoint"
     assert max(m["epoch_done"] for m in checkpoint_metas(os.path.join(storage, name))) == 3

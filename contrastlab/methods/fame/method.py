@@ -20,7 +20,8 @@ change the statistics of one BN over the whole batch. "off" = plain forward.
 Evaluation (debiased test split): frozen backbone features (mean over `eval_clips` clips), a
 logistic-regression probe fit on the (background-biased) training split, top-1 on the test split;
 test -> train class retrieval R@1/5/10 with per-set centring; and, when the data has `bg_id`, a
-probe for the background family (lower = less background in the features).
+probe for the background family (lower = less background in the features). Diagnostic: a probe fit
+and scored within the test split (even / odd indices), i.e. whether the class is in the features at all.
 """
 from __future__ import annotations
 
@@ -250,6 +251,12 @@ class FAME(nn.Module):
         metrics["probe_top1"] = probe["accuracy"]
         recall = class_retrieval_recall(test_x, test_cols["label"], train_x, train_cols["label"], ks=(1, 5, 10))
         metrics.update({f"retrieval_{k}": v for k, v in recall.items()})
+        # does the representation hold the class at all, shortcut aside? A probe fit on the even-index half of
+        # the debiased test split and scored on the odd half (a diagnostic; not the card's protocol).
+        even = test_cols["index"] % 2 == 0
+        if even.any() and (~even).any():
+            metrics["probe_test_halves_top1"] = linear_probe(test_x[even], test_cols["label"][even], test_x[~even], test_cols["label"][~even],
+                                                             max_iter=c.probe_max_iter)["accuracy"]
         if c.probe_bg and "bg_id" in test_cols and (test_cols["bg_id"] >= 0).all() and (train_cols["bg_id"] >= 0).all():
             bg = linear_probe(train_x, train_cols["bg_id"], test_x, test_cols["bg_id"], max_iter=c.probe_max_iter)
             metrics["bg_probe_top1"] = bg["accuracy"]
