@@ -3,8 +3,12 @@
     # the full comparison (card g: ~1,200 training videos, 30 epochs, batch 32, 3 seeds x 2 arms)
     python benchmarks/fame_comparison.py --out fame_comparison.json --seeds 0 1 2
 
-    # plumbing check: 240 videos, 3 epochs
+    # plumbing check: 240 videos, 3 epochs (4 runs took 104-169 s each on the shared 2-core machine at load ~20)
     python benchmarks/fame_comparison.py --quick --out /tmp/fame_quick.json --seeds 0 1
+
+Cost: one 10-epoch run on 1,200 videos took 807-892 s at load 40-65 on the shared 2-core machine, so
+the full 30-epoch comparison (6 runs) is several hours there; runs are independent, so split the
+seeds over machines (--seeds 0 / --seeds 1 ... with separate --out files).
 
 Each arm is one `run_local("fame", ...)` with identical data, budget (epochs x steps, batch) and
 seeds; the arms differ only in `method.use_fame` (false = the MoCo baseline: the query is the plain

@@ -8,6 +8,8 @@
         --source dukemtmc:~/DukeMTMC-reID:duke:seen --source msmt17:~/MSMT17_V1:msmt:unseen --image-size 256 128
     python -m contrastlab.platform.datasets convert hsi ~/Indian_pines_corrected.mat ~/Indian_pines_gt.mat ~/shards/ip \
         --patch-size 15 --train-per-class 10
+    python -m contrastlab.platform.datasets convert video ~/UCF101 ~/shards/ucf101 --layout ucf101 --fold 1
+    python -m contrastlab.platform.datasets convert voc ~/VOCdevkit/VOC2012 ~/shards/voc --splits train_aug val
 
 `make` prints the dataset folder and its split shard patterns; `key=value` parameters are
 parsed with the type of the parameter's default.
@@ -90,6 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     hsi.add_argument("--train-per-class", type=float, default=10, help=">= 1: labelled pixels per class; < 1: a fraction")
     hsi.add_argument("--seed", type=int, default=0)
     hsi.add_argument("--overwrite", action="store_true")
+    voc = kinds.add_parser("voc", help="PASCAL VOC 2012 (JPEGImages, SegmentationClass[Aug], ImageSets/Segmentation) -> shards")
+    voc.add_argument("src")
+    voc.add_argument("out")
+    voc.add_argument("--splits", nargs="*", default=None, help="e.g. train_aug val (default: every split list found)")
+    voc.add_argument("--max-side", type=int, default=None, help="resize so the longer side is at most this")
+    voc.add_argument("--overwrite", action="store_true")
+    video = kinds.add_parser("video", help="class-per-folder videos (UCF101 / HMDB51 / Kinetics style, optional split files) -> MP4 shards")
+    video.add_argument("src")
+    video.add_argument("out")
+    video.add_argument("--layout", default="auto", choices=("auto", "ucf101", "hmdb51", "folders"))
+    video.add_argument("--fold", type=int, default=1)
+    video.add_argument("--short-side", type=int, default=128)
+    video.add_argument("--max-frames", type=int, default=0)
+    video.add_argument("--test-fraction", type=float, default=0.0)
+    video.add_argument("--on-error", default="raise", choices=("raise", "skip"))
+    video.add_argument("--overwrite", action="store_true")
     return parser
 
 
@@ -118,6 +136,18 @@ def main(argv: list[str] | None = None) -> int:
 
             paths = convert_reid(_reid_sources(args.source), args.out, image_size=tuple(args.image_size), seed=args.seed,
                                  overwrite=args.overwrite)
+            print(_summary(paths))
+        elif args.kind == "video":
+            from .video_folder import convert_video_folder
+
+            paths = convert_video_folder(args.src, args.out, layout=args.layout, fold=args.fold, short_side=args.short_side,
+                                         max_frames=args.max_frames, test_fraction=args.test_fraction,
+                                         on_error=args.on_error, overwrite=args.overwrite)
+            print(_summary(paths))
+        elif args.kind == "voc":
+            from .voc import convert_voc
+
+            paths = convert_voc(args.src, args.out, splits=args.splits, max_side=args.max_side, overwrite=args.overwrite)
             print(_summary(paths))
         elif args.kind == "hsi":
             from .hsi import convert_hsi

@@ -1,0 +1,49 @@
+"""`contrastlab data convert reid|hsi|voc` on the tiny public-layout fixtures of the converter tests."""
+import scipy.io
+
+from contrastlab.platform.datasets.cli import main
+from test_hsi_converter import tiny_scene
+from test_reid_converters import _jpg
+from test_voc_converter import make_voc
+
+
+def test_convert_reid_cli(tmp_path, capsys):
+    root = tmp_path / "Market-1501-v15.09.15"
+    for name in ("0002_c1s1_000451_03.jpg", "0002_c2s1_000301_01.jpg", "0007_c3s3_077419_02.jpg"):
+        _jpg(root / "bounding_box_train" / name)
+    _jpg(root / "query" / "0001_c1s1_001051_00.jpg")
+    _jpg(root / "bounding_box_test" / "0001_c2s1_000301_01.jpg")
+    rc = main(["convert", "reid", str(tmp_path / "out"), "--source", f"market1501:{root}:market:seen", "--image-size", "32", "16"])
+    assert rc == 0
+    assert "train: 3 samples" in capsys.readouterr().out
+
+
+def test_convert_hsi_cli(tmp_path, capsys):
+    cube, gt = tiny_scene()
+    scipy.io.savemat(tmp_path / "PaviaU.mat", {"paviaU": cube})
+    scipy.io.savemat(tmp_path / "PaviaU_gt.mat", {"paviaU_gt": gt})
+    rc = main(["convert", "hsi", str(tmp_path / "PaviaU.mat"), str(tmp_path / "PaviaU_gt.mat"), str(tmp_path / "out"),
+               "--patch-size", "3", "--train-per-class", "2"])
+    assert rc == 0 and "pixels:" in capsys.readouterr().out
+
+
+def test_convert_voc_cli_and_bad_source(tmp_path, capsys):
+    make_voc(tmp_path / "VOCdevkit" / "VOC2012")
+    assert main(["convert", "voc", str(tmp_path / "VOCdevkit" / "VOC2012"), str(tmp_path / "out")]) == 0
+    assert "val:" in capsys.readouterr().out
+    assert main(["convert", "voc", str(tmp_path / "nowhere"), str(tmp_path / "out2")]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_convert_video_cli(tmp_path, capsys):
+    from test_video_folder import _video
+
+    src = tmp_path / "videos"
+    for cls in ("Walk", "Jump"):
+        for i in range(2):
+            (src / cls).mkdir(parents=True, exist_ok=True)
+            (src / cls / f"v{i}.mp4").write_bytes(_video(i, frames=6, h=24, w=32))
+    rc = main(["convert", "video", str(src), str(tmp_path / "out"), "--layout", "folders", "--test-fraction", "0.5", "--short-side", "24"])
+    assert rc == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "train:" in out and "test:" in out
