@@ -20,6 +20,14 @@ Lifecycle, driven by `contrastlab.platform.train`:
             method.on_epoch_end(ctx)          # optional
             metrics = method.evaluate(eval_batches, ctx)   # every rank calls it
         method.on_phase_end(ctx)              # optional
+
+Two contract details the platform relies on:
+- `phases()` reads only `self.cfg`: the driver evaluates it from the config alone (with a stand-in
+  object) to set `train.epochs`, the LR schedule's length and ASHA's horizon before any model exists.
+- State that differs between workers on purpose (DeCLIP's per-rank NN queue) is named by prefix in
+  the class attribute `per_rank_state` (e.g. `("queue.",)`): it is not broadcast from rank 0 at
+  start, and every rank's copy is saved in the checkpoint and restored to that rank.
+Everything else in `state_dict()` is rank 0's and identical on every rank after the start broadcast.
 """
 from __future__ import annotations
 
