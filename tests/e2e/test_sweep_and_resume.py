@@ -1,6 +1,7 @@
 """End to end through real Ray, as a user runs it: sweeps with ASHA, driver kill + --resume, and
-a killed training run resumed from its checkpoint giving the same epoch-2 loss."""
+a killed training run resumed from its checkpoint giving the same final loss."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -39,13 +40,11 @@ def test_sweep_writes_best_json_and_resumes_after_driver_kill(tmp_path):
     assert any(f.startswith("events.out.tfevents") for _, _, fs in os.walk(exp_dir) for f in fs)
 
 
-@pytest.mark.skipif(os.environ.get("CONTRASTLAB_RUN_RESUME_TEST") != "1",
-                    reason="unverified after the config-compare fix (session 1); set CONTRASTLAB_RUN_RESUME_TEST=1")
-def test_killed_run_resumes_with_same_epoch2_loss(tmp_path):
+def test_killed_run_resumes_with_same_final_loss(tmp_path):
     storage = str(tmp_path / "runs")
     common = ["-m", "contrastlab.platform.cli", "train", "--method", "clip", "--storage", storage,
-              "--set", TINY, "--set", "train.epochs=2", "--set", "train.batch_size=32", "--set", "data.deterministic=true",
-              "--set", "data.shuffle_files=false", "--set", "train.eval_every_epochs=2"]
+              "--set", TINY, "--set", "train.epochs=3", "--set", "train.batch_size=32", "--set", "data.deterministic=true",
+              "--set", "data.shuffle_files=false", "--set", "train.eval_every_epochs=3"]
     ref = subprocess.run([sys.executable, *common, "--name", "ref"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
     ref_loss = last_json(ref.stdout)["train_loss"]
@@ -58,7 +57,9 @@ def test_killed_run_resumes_with_same_epoch2_loss(tmp_path):
     kill(proc)
     resumed = subprocess.run([sys.executable, *common, "--name", "resumed"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "resumed from checkpoint: epoch 1" in resumed.stdout + resumed.stderr
+    # killed as soon as epoch 1's checkpoint exists; epoch 2's may have landed before the kill took
+    # effect (3 epochs, so either way the resumed run still trains at least one epoch)
+    assert re.search(r"resumed from checkpoint: epoch [12]\b", resumed.stdout + resumed.stderr)
     # Same seed, same data order (deterministic mode), augmentations keyed by (seed, epoch, key),
     # model/optimiser/RNG state restored: only float summation order could differ (1 thread per
     # worker on CPU makes it identical in practice); 1e-5 relative allows for that and nothing else.

@@ -10,10 +10,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Not yet verified on this machine (session 1 ran out of time): opt in with CONTRASTLAB_RUN_JOB_TEST=1
-# until it has passed once; then drop the skip so CI runs it (issue 2).
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("CONTRASTLAB_RUN_JOB_TEST") != "1",
-                                                   reason="set CONTRASTLAB_RUN_JOB_TEST=1 (unverified; issue 2)")]
+pytestmark = pytest.mark.slow
 
 
 def ray_cli(*args, timeout=600, env=None):
