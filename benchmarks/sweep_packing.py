@@ -33,7 +33,7 @@ def make_timed_trial(times_dir: str):
 
     inner = platform_tune._trial_fn
 
-    def timed_trial(config: dict) -> None:
+    def timed_trial(config: dict, **params) -> None:  # params: what run_sweep binds with tune.with_parameters
         import json as _json
         import os as _os
         import time as _time
@@ -43,7 +43,7 @@ def make_timed_trial(times_dir: str):
         start = _time.time()
         ok = False
         try:
-            inner(config)
+            inner(config, **params)
             ok = True
         finally:
             ctx = ray.tune.get_context()
