@@ -8,12 +8,11 @@ GaussianBlur s x s p=0.5, then Normalize with the Kinetics mean/std.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 
-from contrastlab.platform.data.augment import resize, resize_shorter_center_crop
+from contrastlab.platform.data.augment import random_resized_crop_box, resize, resize_shorter_center_crop
 
 VIDEO_MEAN = (0.43216, 0.394666, 0.37645)
 VIDEO_STD = (0.22803, 0.22145, 0.216989)
@@ -21,16 +20,8 @@ VIDEO_STD = (0.22803, 0.22145, 0.216989)
 
 # --------------------------------------------------------------------------- CPU, numpy
 def crop_box(h: int, w: int, rng: np.random.Generator, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """torchvision RandomResizedCrop parameters (y, x, ch, cw): 10 tries, then the centred square."""
-    area = h * w
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-        if 0 < cw <= w and 0 < ch <= h:
-            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
-    side = min(h, w)
-    return (h - side) // 2, (w - side) // 2, side, side
+    """RandomResizedCrop box (y, x, ch, cw) with the card's clip scale default (0.2, 1)."""
+    return random_resized_crop_box(h, w, rng, scale, ratio)
 
 
 def random_resized_crop_clip(frames: np.ndarray, size: int, rng: np.random.Generator, scale=(0.2, 1.0)) -> np.ndarray:

@@ -14,20 +14,24 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def random_resized_crop(img: np.ndarray, size: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
-    """torchvision's RandomResizedCrop: area fraction ~ U(scale), log-uniform aspect; 10 tries, then centre."""
-    h, w = img.shape[:2]
+def random_resized_crop_box(h: int, w: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (y, x, ch, cw): area fraction ~ U(scale), log-uniform aspect;
+    10 tries, then the centred square. Shared by image crops and clip crops (one box for all frames)."""
     area = h * w
     for _ in range(10):
         target = area * rng.uniform(*scale)
         aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
         cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
-            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            return resize(img[y : y + ch, x : x + cw], size)
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
     side = min(h, w)
-    y, x = (h - side) // 2, (w - side) // 2
-    return resize(img[y : y + side, x : x + side], size)
+    return (h - side) // 2, (w - side) // 2, side, side
+
+
+def random_resized_crop(img: np.ndarray, size: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+    """torchvision's RandomResizedCrop of one image (box from `random_resized_crop_box`)."""
+    y, x, ch, cw = random_resized_crop_box(img.shape[0], img.shape[1], rng, scale, ratio)
+    return resize(img[y : y + ch, x : x + cw], size)
 
 
 def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
