@@ -10,8 +10,8 @@ photos (random square crops resized to 64 and 224 px). Each sample is decoded wi
 resized crop + flip (CLIP's train view). Views leave as uint8 CHW (converted to float on the worker).
 
 Pipelines, each with P = --procs CPU processes doing the per-sample work:
-- ray:        `reader.build_dataset` (the platform's datasource + PreprocessBatches, read and map
-              fused into P concurrent tasks of 1 CPU) -> TorchTrainer(1 worker, 1 CPU) ->
+- ray:        `reader.build_dataset` (one operator: each read task decodes and preprocesses its
+              shard a batch at a time; P concurrent tasks of 1 CPU) -> TorchTrainer(1 worker, 1 CPU) ->
               `iter_torch_batches(batch_size, prefetch_batches=2)` as in `train_loop_per_worker`.
 - webdataset: DataLoader(WebDataset(shards).map(same per-sample work), num_workers=P, batch_size).
 - decode ceiling: P forked processes doing `decode_jpeg` only over the same JPEG bytes in memory.

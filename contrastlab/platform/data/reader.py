@@ -128,7 +128,24 @@ def iter_tar_samples(stream, shard: str, policy: str, run_state_name: str | None
         yield current
 
 
-def make_datasource(paths: list[str], policy: str, run_state_name: str | None, filesystem=None, shuffle_files: bool = False, seed: int = 0):
+def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Raw samples -> the column batch `PreprocessBatches` takes (a member absent from a sample is None)."""
+    names: dict[str, None] = {}
+    for r in rows:
+        names.update(dict.fromkeys(r))
+    batch = {}
+    for n in names:
+        column = np.empty(len(rows), dtype=object)  # element-wise: np.array would split bytes/str
+        column[:] = [r.get(n) for r in rows]
+        batch[n] = column
+    return batch
+
+
+def make_datasource(paths: list[str], preprocess: "PreprocessBatches", policy: str, run_state_name: str | None, filesystem=None,
+                    shuffle_files: bool = False, seed: int = 0, rows_per_block: int = READ_CHUNK_ROWS):
+    """One read task per shard: stream its samples, preprocess every `rows_per_block` of them, and
+    yield each preprocessed block as soon as it is ready."""
+    from ray.data.block import BlockAccessor
     from ray.data.datasource import FileBasedDatasource
 
     class ShardDatasource(FileBasedDatasource):
@@ -143,16 +160,17 @@ def make_datasource(paths: list[str], policy: str, run_state_name: str | None, f
             super().__init__(paths, filesystem=filesystem, shuffle=shuffle)
 
         def _read_stream(self, f, path: str):
-            import pandas as pd
-
             rows = []
             for sample in iter_tar_samples(f, path, policy, run_state_name):
                 rows.append(sample)
-                if len(rows) >= READ_CHUNK_ROWS:
-                    yield pd.DataFrame.from_records(rows)
+                if len(rows) >= rows_per_block:
+                    out = preprocess(rows_to_batch(rows))
                     rows = []
-            if rows:
-                yield pd.DataFrame.from_records(rows)
+                    if out:
+                        yield BlockAccessor.batch_to_block(out)
+            out = preprocess(rows_to_batch(rows)) if rows else {}
+            if out:
+                yield BlockAccessor.batch_to_block(out)
 
     return ShardDatasource()
 
@@ -259,15 +277,55 @@ def build_dataset(
     cpus: float = 0.5,
     batch_size: int = 128,
 ):
-    """shards -> Ray Dataset of preprocessed numpy rows (lazy, streaming)."""
+    """shards -> Ray Dataset of preprocessed numpy rows (lazy, streaming).
+
+    One Ray Data operator: a task per shard reads it and preprocesses each `batch_size` samples as
+    they stream in, yielding a block per `batch_size` rows. Measured on 2 cores (benchmarks/ingest.py,
+    docs/design-notes.md): a separate `map_batches` over the read (the first design) sent every raw
+    block through the object store to a second task and cannot be fused with the read while it sets
+    a batch size; fused with batch_size=None, Ray buffers a whole shard into one block, so the first
+    batch of an epoch waited for a whole shard. Here the block size is set per dataset to the
+    measured size of `batch_size` preprocessed rows, so each block leaves its task as soon as it is
+    made. Preprocessing runs as many tasks at a time as there are shards (webdataset's DataLoader has
+    the same limit): write several shards per split (converters and embedded datasets write 1,000
+    samples per shard).
+    """
     import ray.data
 
-    ds = ray.data.read_datasource(
-        make_datasource(paths, policy, run_state_name, filesystem, shuffle_files and split == "train", seed),
-        num_cpus=cpus,
-    )
     fn = PreprocessBatches(sample_fn, required, policy, run_state_name, seed, split)
-    return ds.map_batches(fn, batch_size=batch_size, batch_format="numpy", num_cpus=cpus, zero_copy_batch=True)
+    ds = ray.data.read_datasource(
+        make_datasource(paths, fn, policy, run_state_name, filesystem, shuffle_files and split == "train", seed, rows_per_block=batch_size),
+        num_cpus=cpus, override_num_blocks=max(1, len(paths)),
+    )
+    row_bytes = estimate_row_bytes(paths, sample_fn, required, seed, split, filesystem)
+    if row_bytes:
+        # Ray cuts a task's output into blocks of this size (slicing only above 1.5x): just under
+        # one preprocessed batch, so each batch becomes one block the moment it is made.
+        ds.context.target_max_block_size = max(1 << 16, int(0.9 * batch_size * row_bytes))
+    return ds
+
+
+def estimate_row_bytes(paths: list[str], sample_fn: SampleFn, required: tuple[str, ...], seed: int, split: str,
+                       filesystem=None, n: int = 4) -> float | None:
+    """Bytes of one preprocessed row, from the first `n` samples of the first shard (None if unreadable)."""
+    if not paths:
+        return None
+    try:
+        stream = filesystem.open_input_stream(paths[0]) if filesystem is not None else open(paths[0], "rb")
+        with stream:
+            rows = []
+            for sample in iter_tar_samples(stream, paths[0], "raise"):
+                rows.append(sample)
+                if len(rows) >= n:
+                    break
+        out = PreprocessBatches(sample_fn, required, "raise", None, seed, split, epoch=0)(rows_to_batch(rows)) if rows else {}
+        if not out:
+            return None
+        count = len(next(iter(out.values())))
+        return sum(np.asarray(v).nbytes for v in out.values()) / max(1, count)
+    except Exception as exc:  # noqa: BLE001 - only a block-size hint; Ray's default applies without it
+        log.debug("could not estimate preprocessed row size from %s: %s", paths[0], exc)
+        return None
 
 
 def to_json_safe(obj):
