@@ -49,6 +49,10 @@ class OptimSpec:
     `modules`: the modules whose parameters this optimiser steps (keys of `trainable()`).
     Parameters with `ndim <= 1` (biases, norm weights, temperatures) get no weight decay when
     `no_decay_1d` is set, as in CLIP/DeCLIP/MoCo recipes; `no_decay_names` adds more by name.
+    `lr_multipliers`: rules (name prefix, multiplier for ndim >= 2 parameters, multiplier for
+    ndim <= 1 parameters), first matching prefix wins, unmatched parameters 1x; names are relative to
+    each module in `modules`. E.g. new layers at 10x/20x and a pretrained backbone at 1x/2x (SEAM/PPC).
+    The schedule scales every group's own learning rate, so the ratios hold throughout.
     """
 
     modules: list[str]
@@ -59,13 +63,15 @@ class OptimSpec:
     eps: float = 1e-8
     momentum: float = 0.9
     nesterov: bool = False
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"  # cosine | constant | poly: (1 - progress) ** poly_power (DeepLab/SEAM)
+    poly_power: float = 0.9
     warmup_fraction: float = 0.0  # of total steps, linear from warmup_start_factor*lr to lr
     warmup_start_factor: float = 0.0
     min_lr_factor: float = 0.0
     no_decay_1d: bool = True
     no_decay_names: tuple[str, ...] = ()
     clip_grad_norm: float = 0.0  # 0 = off; else overrides the run-level clip for this optimiser
+    lr_multipliers: tuple[tuple[str, float, float], ...] = ()
 
 
 @runtime_checkable

@@ -45,24 +45,37 @@ class CheckpointMismatchError(ValueError):
 
 
 # --------------------------------------------------------------------------- optimisers
+def _lr_multiplier(name: str, ndim: int, spec: OptimSpec) -> float:
+    for prefix, weight_mult, bias_mult in spec.lr_multipliers:
+        if name.startswith(prefix):
+            return float(bias_mult if ndim <= 1 else weight_mult)
+    return 1.0
+
+
 def _param_groups(modules: list[nn.Module], spec: OptimSpec) -> list[dict]:
-    decay, no_decay, seen = [], [], set()
+    """One group per (weight decay on/off, lr multiplier), in first-seen order."""
+    groups: dict[tuple[bool, float], dict] = {}
+    seen: set[int] = set()
     for module in modules:
         for name, p in module.named_parameters():
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
             skip = (spec.no_decay_1d and p.ndim <= 1) or any(n in name for n in spec.no_decay_names)
-            (no_decay if skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": spec.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+            key = (not skip, _lr_multiplier(name, p.ndim, spec))
+            if key not in groups:
+                groups[key] = {"params": [], "weight_decay": spec.weight_decay if key[0] else 0.0, "lr_mult": key[1]}
+            groups[key]["params"].append(p)
+    if not groups:
+        return [{"params": [], "weight_decay": spec.weight_decay, "lr_mult": 1.0}]
+    return sorted(groups.values(), key=lambda g: (g["weight_decay"] == 0.0, g["lr_mult"]))  # decayed, 1x first
 
 
 def build_optimizer(modules: list[nn.Module], spec: OptimSpec, lr_scale: float = 1.0) -> torch.optim.Optimizer:
     groups = _param_groups(modules, spec)
     lr = spec.lr * lr_scale
+    for g in groups:
+        g["lr"] = lr * g["lr_mult"]
     if spec.kind == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=spec.betas, eps=spec.eps)
     if spec.kind == "adam":
@@ -73,13 +86,18 @@ def build_optimizer(modules: list[nn.Module], spec: OptimSpec, lr_scale: float =
 
 
 def lr_factor(step: int, total: int, spec: OptimSpec) -> float:
-    """Linear warm-up from `warmup_start_factor` to 1, then cosine to `min_lr_factor` (or constant)."""
+    """Linear warm-up from `warmup_start_factor` to 1, then cosine to `min_lr_factor`, constant, or
+    poly `(1 - progress) ** poly_power` (floored at `min_lr_factor`)."""
     warm = int(round(spec.warmup_fraction * total))
     if step < warm:
         return spec.warmup_start_factor + (1 - spec.warmup_start_factor) * step / max(1, warm)
     if spec.schedule == "constant":
         return 1.0
     progress = min(1.0, (step - warm) / max(1, total - warm))
+    if spec.schedule == "poly":
+        return max(spec.min_lr_factor, (1 - progress) ** spec.poly_power)
+    if spec.schedule != "cosine":
+        raise ValueError(f"unknown LR schedule {spec.schedule!r}: use cosine, constant or poly")
     return spec.min_lr_factor + (1 - spec.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -174,7 +192,8 @@ class StepContext:
             group["lr"] = base * factor
 
     def lr(self, name: str = "main") -> float:
-        return self.optimizers[name].param_groups[0]["lr"]
+        group = self.optimizers[name].param_groups[0]  # the base lr (groups may carry lr multipliers)
+        return group["lr"] / group.get("lr_mult", 1.0)
 
     def check_finite(self, values: dict) -> None:
         if not self.exp.train.stop_on_nonfinite:

@@ -46,3 +46,31 @@ def test_bad_samples_skip_are_counted(ray_cluster, tmp_path):
     skipped = ray_cluster.get(state.skipped_in_epoch.remote(0))
     reasons = " ".join(r for _, _, r in skipped)
     assert len(skipped) == 2 and "not a decodable JPEG" in reasons and "truncated" in reasons
+
+
+def test_one_operator_and_batch_sized_blocks(ray_cluster, tmp_path):
+    """Read and preprocess run in one task per shard, and every preprocessed batch leaves its task
+    as its own block (not one block per shard): the first batch of an epoch waits for one batch."""
+    from contrastlab.platform.data.reader import estimate_row_bytes
+
+    img = encode_jpeg(np.zeros((16, 16, 3), np.uint8))
+    paths = write_shards(((f"{i:05d}", {"jpg": img, "json": {"index": i}}) for i in range(100)), tmp_path, maxcount=50)
+    fn = lambda s, rng: {"pixels": np.ascontiguousarray(s["jpg"].transpose(2, 0, 1))}  # noqa: E731
+    assert estimate_row_bytes(paths, fn, ("jpg",), 0, "train") == 3 * 16 * 16 + 8  # pixels + the int64 index
+    ds = build_dataset(paths, fn, required=("jpg",), batch_size=16, cpus=0.25)
+    assert ds.context.target_max_block_size == max(1 << 16, int(0.9 * 16 * (3 * 16 * 16 + 8)))
+    ds = build_dataset(paths, fn, required=("jpg",), batch_size=256, cpus=0.25)  # 256 rows = 198 KiB blocks
+    mat = ds.materialize()
+    assert sorted(int(r["index"]) for r in mat.take_all()) == list(range(100))
+    assert mat.num_blocks() == 2  # a 50-row shard is smaller than one batch: one block per shard
+    ops = [line for line in mat.stats().splitlines() if line.startswith("Operator")]
+    assert len(ops) == 1 and "ReadShard" in ops[0], ops
+
+
+def test_large_rows_give_one_block_per_batch(ray_cluster, tmp_path):
+    img = encode_jpeg(np.zeros((64, 64, 3), np.uint8))
+    paths = write_shards(((f"{i:05d}", {"jpg": img, "json": {"index": i}}) for i in range(100)), tmp_path, maxcount=50)
+    fn = lambda s, rng: {"pixels": np.zeros((3, 96, 96), np.float32)}  # noqa: E731  110 KiB per row
+    mat = build_dataset(paths, fn, required=("jpg",), batch_size=10, cpus=0.25).materialize()
+    assert mat.num_blocks() == 10  # 2 shards x 5 batches of 10 rows, each its own block
+    assert mat.count() == 100

@@ -14,9 +14,11 @@ resume without any saved state. Under several workers, prototypes are built from
 (no grad) scores and embeddings (`gather_prototypes`), the intra-view class loop stays per worker.
 
 Deviations (documented, config where possible): the backbone is random-init (no ImageNet
-ResNet-38 offline); one learning rate for every layer (the 10x/20x lr of new layers needs
-per-group lrs the platform's OptimSpec does not offer); the schedule is the platform's cosine or
-constant (no poly); AffinityNet / DeepLab stages are not part of this method.
+ResNet-38 offline), so the default is one learning rate for every layer: the official 10x/20x
+lr of the new layers (cam head, projection, PCM) against 1x/2x for the backbone exists because the
+backbone is ImageNet-pretrained; `layer_lr="official"` turns it on. The default schedule is cosine;
+`schedule="poly"` is the official (1 - step/max)^0.9. AffinityNet / DeepLab stages are not part of
+this method.
 """
 from __future__ import annotations
 
@@ -72,7 +74,8 @@ class PPCConfig:
     lr: float = 1e-3  # Adam at the card's 0.01 left the from-scratch classifier at the label prior here (measured)
     weight_decay: float = 5e-4
     momentum: float = 5e-4  # SGD only: the official constructor puts wd into momentum (faithful quirk)
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"  # cosine | constant | poly (official: (1 - step/max)^0.9)
+    layer_lr: str = "none"  # none: one lr | official: new layers 10x weights / 20x biases, backbone 1x / 2x
     train_scale_range: tuple[float, float] = (1.0, 1.0)  # long side / image_size (card: 448-768 -> (1.0, 1.714))
     color_jitter: float = 0.3  # ColorJitter(j, j, j, j/3); 0 = off
     eval_size: int = 0  # eval images: long side resized to this and padded square (0 = image_size)
@@ -107,6 +110,10 @@ class PPCConfig:
             raise ValueError(f"method.topk_fraction must lie in (0, 1], got {self.topk_fraction}")
         if self.tau <= 0:
             raise ValueError(f"method.tau must be > 0, got {self.tau}")
+        if self.layer_lr not in ("none", "official"):
+            raise ValueError(f"method.layer_lr must be none or official, got {self.layer_lr!r}")
+        if self.schedule not in ("cosine", "constant", "poly"):
+            raise ValueError(f"method.schedule must be cosine, constant or poly, got {self.schedule!r}")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ValueError(f"method.optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
         if self.seed_map not in ("cam_rv", "cam"):
@@ -231,7 +238,11 @@ class PPC(nn.Module):
 
     def optimizers(self) -> dict[str, OptimSpec]:
         c = self.cfg
-        return {"main": OptimSpec(["model"], c.optimizer, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum, schedule=c.schedule)}
+        multipliers = ()
+        if c.layer_lr == "official":  # names relative to trainable()["model"], the CAMNet
+            multipliers = (("cam_head.", 10.0, 20.0), ("proj.", 10.0, 20.0), ("pcm.", 10.0, 20.0), ("", 1.0, 2.0))
+        return {"main": OptimSpec(["model"], c.optimizer, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum,
+                                  schedule=c.schedule, lr_multipliers=multipliers)}
 
     @staticmethod
     def search_space(cfg=None) -> dict:
