@@ -105,3 +105,13 @@ def test_cli_make_and_errors(tmp_path, capsys):
     assert main(["make", "nope", "--cache-dir", str(tmp_path)]) == 2
     assert "shapes-captions" in capsys.readouterr().err
     assert main(["list"]) == 0 and "fashion-mnist" in capsys.readouterr().out
+
+
+def test_small_splits_get_several_shards_large_ones_1000_per_shard():
+    """One Ray Data read+preprocess task per shard: a 192-clip split must not be one shard."""
+    from contrastlab.platform.datasets._common import shard_size_for
+
+    assert shard_size_for(192) == 32  # 6 shards
+    assert shard_size_for(1024) == 128  # 8 shards
+    assert shard_size_for(20) == 32  # tiny: one shard
+    assert shard_size_for(100_000) == 1000

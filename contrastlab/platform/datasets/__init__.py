@@ -104,7 +104,9 @@ def _resolve_params(spec: DatasetSpec, params: dict[str, Any]) -> dict[str, Any]
 
 
 def _dataset_hash(name: str, seed: int, params: dict, version: int) -> str:
-    blob = json.dumps({"name": name, "seed": seed, "params": params, "version": version}, sort_keys=True)
+    from ._common import SHARD_LAYOUT
+
+    blob = json.dumps({"name": name, "seed": seed, "params": params, "version": version, "layout": SHARD_LAYOUT}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

@@ -12,7 +12,10 @@ import numpy as np
 
 from contrastlab.platform.data.shards import write_shards
 
-SHARD_SIZE = 1000  # samples per shard: several shards even for small splits, so readers can parallelise
+SHARD_SIZE = 1000  # samples per shard at most (the webdataset convention for real data)
+MIN_SHARDS = 8  # small splits still get several shards: Ray Data runs one read+preprocess task per shard
+MIN_SHARD_SIZE = 32
+SHARD_LAYOUT = 2  # part of the cache hash: bump when the shard layout changes (2: shard_size_for)
 PROGRESS_EVERY = 5000  # samples between progress lines for big splits
 
 Sample = tuple[str, Mapping[str, object]]
@@ -46,9 +49,15 @@ def with_progress(samples: Iterable[Sample], total: int, label: str, every: int 
             print(f"  {label}: {i}/{total}", flush=True)
 
 
+def shard_size_for(total: int) -> int:
+    """Samples per shard for a split of `total`: up to 1,000, but small splits cut into ~8 shards
+    (at least 32 samples each) so their preprocessing can run in parallel."""
+    return min(SHARD_SIZE, max(MIN_SHARD_SIZE, -(-total // MIN_SHARDS)))
+
+
 def write_split(out_dir: Path, split: str, samples: Iterable[Sample], total: int, label: str) -> list[str]:
     """Write one split as `out_dir/<split>-00000.tar ...` plus `<split>.manifest.json`."""
-    return write_shards(with_progress(samples, total, f"{label} {split}"), out_dir, prefix=split, maxcount=SHARD_SIZE)
+    return write_shards(with_progress(samples, total, f"{label} {split}"), out_dir, prefix=split, maxcount=shard_size_for(total))
 
 
 def check_count(name: str, value: int, minimum: int = 0, maximum: int | None = None) -> int:
