@@ -287,8 +287,8 @@ def build_dataset(
     batch of an epoch waited for a whole shard. Here the block size is set per dataset to the
     measured size of `batch_size` preprocessed rows, so each block leaves its task as soon as it is
     made. Preprocessing runs as many tasks at a time as there are shards (webdataset's DataLoader has
-    the same limit): write several shards per split (converters and embedded datasets write 1,000
-    samples per shard).
+    the same limit): write several shards per split (converters write up to 1,000 samples per shard,
+    embedded datasets cut small splits into ~8 shards).
     """
     import ray.data
 
