@@ -92,6 +92,9 @@ def start_ray(num_cpus: int, object_store_mb: int | None = None) -> None:
     """A local cluster for a benchmark: 127.0.0.1, no auth token, no progress bars."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    from contrastlab.platform.runner import use_full_priority_workers
+
+    use_full_priority_workers()  # as the platform's own clusters: workers at niceness 0, not Ray's 15
     import ray
 
     kwargs = {"object_store_memory": object_store_mb * 2**20} if object_store_mb else {}

@@ -55,8 +55,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RSSSampler, machine, print_table, raylet_pids, start_ray, write_photo_shards, write_report  # noqa: E402
 
 from contrastlab.platform.data.augment import hflip, moco_v2_view, random_resized_crop, to_chw  # noqa: E402
-from contrastlab.platform.data.codecs import decode_jpeg, decode_json  # noqa: E402
-from contrastlab.platform.data.reader import sample_index, sample_rng  # noqa: E402
+from contrastlab.platform.data.codecs import decode_jpeg  # noqa: E402
+from contrastlab.platform.data.reader import decode_member, sample_index, sample_rng  # noqa: E402
 
 SEED = 0
 
@@ -77,10 +77,15 @@ def make_sample_fn(views: str, size: int):
 
 
 def full_sample(raw: dict, fn) -> dict:
-    """What PreprocessBatches does per sample, outside Ray: decode members, index, views."""
+    """What the platform's reader does per sample, outside Ray: decode every member by extension
+    (`reader.decode_member`: jpg/png/json/txt/npy; mp4/wav stay bytes for the method's fn), index, fn."""
     key = raw["__key__"]
-    sample = {"__key__": key, "jpg": decode_jpeg(raw["jpg"]), "json": decode_json(raw["json"])}
-    index = sample_index(key, sample["json"], raw.get("__url__", ""))
+    sample = {"__key__": key}
+    for name, value in raw.items():
+        if not name.startswith("__"):
+            sample[name] = decode_member(name, value)
+    index = sample_index(key, sample.get("json"), raw.get("__url__", ""))
+    sample["index"] = index
     out = fn(sample, sample_rng(SEED, 0, key))
     out["index"] = np.int64(index)
     return out
@@ -89,6 +94,10 @@ def full_sample(raw: dict, fn) -> dict:
 # --------------------------------------------------------------------------- ceilings (forked pools)
 _RAW: list[dict] = []
 _FN = None
+
+
+def _noop(_):
+    return 0
 
 
 def _decode_range(bounds):
@@ -118,7 +127,7 @@ def pool_rate(job, n: int, procs: int, repeats: int) -> float:
     bounds = [(i * n // procs, (i + 1) * n // procs) for i in range(procs)]
     best = 0.0
     with mp.get_context("fork").Pool(procs) as pool:
-        pool.map(_decode_range, [(0, 1)] * procs)  # start the workers before timing
+        pool.map(_noop, range(procs))  # start the workers before timing
         for _ in range(repeats):
             t0 = time.perf_counter()
             done = sum(pool.map(job, bounds))
@@ -147,7 +156,7 @@ def run_webdataset(paths: list[str], fn, batch: int, procs: int, epochs: int) ->
         t0 = time.time()
         first, n, n_first = None, 0, 0
         for b in loader:
-            k = b["view1"].shape[0]
+            k = len(b["index"])
             n += k
             if first is None:
                 first, n_first = time.time(), k
@@ -169,7 +178,7 @@ def ingest_loop(config: dict) -> None:
             t0 = _time.time()
             first, n, n_first = None, 0, 0
             for b in shard.iter_torch_batches(batch_size=config["batch"], prefetch_batches=2, device="cpu"):
-                k = b["view1"].shape[0]
+                k = len(b["index"])
                 n += k
                 if first is None:
                     first, n_first = _time.time(), k
@@ -178,13 +187,14 @@ def ingest_loop(config: dict) -> None:
         json.dump(out, fh)
 
 
-def run_ray(sets: dict, plan: list, batch: int, map_batch: dict, data_cpus: float, storage: str) -> list[dict]:
+def run_ray(sets: dict, plan: list, batch: int, map_batch: dict, data_cpus: float, storage: str,
+            required: tuple[str, ...] = ("jpg", "json")) -> list[dict]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from contrastlab.platform.data.reader import build_dataset
 
-    datasets = {name: build_dataset(paths, fn, required=("jpg", "json"), split="train", cpus=data_cpus, batch_size=map_batch[name])
+    datasets = {name: build_dataset(paths, fn, required=required, split="train", cpus=data_cpus, batch_size=map_batch[name])
                 for name, (paths, fn) in sets.items()}
     out_file = os.path.join(storage, "ray_epochs.json")
     trainer = TorchTrainer(

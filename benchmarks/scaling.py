@@ -77,6 +77,9 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     results = {}
+    from contrastlab.platform.runner import use_full_priority_workers
+
+    use_full_priority_workers()  # the raylets read it at start
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_host": "127.0.0.1"})
     cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address)

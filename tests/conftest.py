@@ -30,6 +30,9 @@ def ray_cluster():
 
     if not ray.is_initialized():
         # address="local": always a fresh cluster of our own, even if a `ray start` cluster runs on this host
+        from contrastlab.platform.runner import use_full_priority_workers
+
+        use_full_priority_workers()
         ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", dashboard_port=_free_port(), include_dashboard=True)
     import ray.data
 

@@ -33,6 +33,9 @@ def main(mode: str, storage: str) -> dict:
     with socket.socket() as sock:  # a free port: 8265 may belong to another cluster on this host
         sock.bind(("127.0.0.1", 0))
         dashboard_port = sock.getsockname()[1]
+    from contrastlab.platform.runner import use_full_priority_workers
+
+    use_full_priority_workers()  # the raylets read it at start
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_host": "127.0.0.1", "include_dashboard": True,
                                                             "dashboard_port": dashboard_port})
     second = cluster.add_node(num_cpus=1)

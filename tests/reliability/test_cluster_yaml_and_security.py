@@ -105,3 +105,27 @@ ray.shutdown()
     url, listen = line.split()[1], line.split("LISTEN", 1)[1]
     assert url.startswith("127.0.0.1:"), url
     assert "0100007F" in listen and "00000000" not in listen, listen  # 127.0.0.1, never 0.0.0.0
+
+
+def test_cluster_yaml_starts_workers_at_full_priority():
+    """Ray renices workers to 15 unless told; the platform's data and training workers are the job."""
+    config = yaml.safe_load(open(CLUSTER_YAML))
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all("RAY_worker_niceness=0 ray start" in c for c in starts), (key, starts)
+
+
+@pytest.mark.slow
+def test_init_ray_runs_tasks_at_niceness_zero():
+    code = """
+import os, ray
+os.environ.pop("RAY_worker_niceness", None)
+from contrastlab.platform.runner import init_ray
+init_ray(num_cpus=1)
+print("NICE", ray.get(ray.remote(lambda: os.nice(0)).remote()))
+ray.shutdown()
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_worker_niceness"}
+    env["RAY_AUTH_MODE"] = "disabled"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert "NICE 0" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
