@@ -177,3 +177,20 @@ class RSSSampler:
                 prev = out.get(pid, (title, 0))[1]
                 out[pid] = (title, max(prev, rss))
         return out
+
+
+def loop_epoch(ctx, train_batches: list) -> dict:
+    """One epoch of the platform's shared loop (`train.run_epochs`) over in-memory batches, with
+    evaluation stubbed out (it is not a step) and the loop's prints swallowed; its metrics."""
+    import contextlib
+    import io
+
+    from contrastlab.platform.train import run_epochs
+
+    def batches(split, shuffle=False, epoch=0, drop_last=False):
+        return iter(train_batches if split == "train" else [])
+
+    ctx.method.evaluate = lambda *a, **k: {}
+    ctx.exp.train.epochs = 1
+    with contextlib.redirect_stdout(io.StringIO()):
+        return run_epochs(ctx, batches, lambda *a, **k: None, start_epoch=0)[-1]

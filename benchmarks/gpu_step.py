@@ -27,9 +27,7 @@ variant; the share of peak is against 989 TFLOP/s (dense bf16, H100/H200 SXM).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import io
 import math
 import statistics
 import os
@@ -37,7 +35,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, print_table, write_report  # noqa: E402
+from _common import loop_epoch, machine, print_table, write_report  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -206,7 +204,7 @@ def clip_bare_variant(exp, batch: dict, device):
 def platform_variant(method_name: str, exp, batch: dict, device):
     """The shared loop (build_context + run_epochs) over `n` copies of `batch`, one epoch per call."""
     from contrastlab.methods.registry import get_method
-    from contrastlab.platform.train import build_context, run_epochs
+    from contrastlab.platform.train import build_context
 
     exp.train.eval_every_epochs = 10**6
     exp.train.epochs = 1
@@ -214,16 +212,11 @@ def platform_variant(method_name: str, exp, batch: dict, device):
 
     def build():
         method = get_method(method_name)(exp.method).to(device)
-        method.evaluate = lambda *a, **k: {}  # evaluation is not a step; keep it out
         ctx = build_context(exp, method, device=device, steps_per_epoch=100)
         return {"ctx": ctx, "params": list(method.parameters())}
 
     def step(state, n):
-        def batches(split, shuffle=False, epoch=0, drop_last=False):
-            return iter([batch] * n if split == "train" else [])
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            run_epochs(state["ctx"], batches, lambda *a, **k: None, start_epoch=0)
+        loop_epoch(state["ctx"], [batch] * n)
 
     return build, step
 

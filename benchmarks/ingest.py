@@ -56,7 +56,7 @@ from _common import RSSSampler, machine, print_table, raylet_pids, start_ray, wr
 
 from contrastlab.platform.data.augment import hflip, moco_v2_view, random_resized_crop, to_chw  # noqa: E402
 from contrastlab.platform.data.codecs import decode_jpeg  # noqa: E402
-from contrastlab.platform.data.reader import decode_member, sample_index, sample_rng  # noqa: E402
+from contrastlab.platform.data.reader import preprocess_sample  # noqa: E402
 
 SEED = 0
 
@@ -77,18 +77,9 @@ def make_sample_fn(views: str, size: int):
 
 
 def full_sample(raw: dict, fn) -> dict:
-    """What the platform's reader does per sample, outside Ray: decode every member by extension
-    (`reader.decode_member`: jpg/png/json/txt/npy; mp4/wav stay bytes for the method's fn), index, fn."""
-    key = raw["__key__"]
-    sample = {"__key__": key}
-    for name, value in raw.items():
-        if not name.startswith("__"):
-            sample[name] = decode_member(name, value)
-    index = sample_index(key, sample.get("json"), raw.get("__url__", ""))
-    sample["index"] = index
-    out = fn(sample, sample_rng(SEED, 0, key))
-    out["index"] = np.int64(index)
-    return out
+    """What the platform's reader does per sample (`reader.preprocess_sample`), outside Ray."""
+    members = {k: v for k, v in raw.items() if not k.startswith("__")}
+    return preprocess_sample(members, raw["__key__"], raw.get("__url__", ""), fn, (), SEED, 0)
 
 
 # --------------------------------------------------------------------------- ceilings (forked pools)

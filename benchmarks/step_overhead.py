@@ -36,7 +36,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, print_table, start_ray, write_report  # noqa: E402
+from _common import loop_epoch, machine, print_table, start_ray, write_report  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -99,19 +99,7 @@ class Platform:
                                  steps_per_epoch=len(train_batches), meta=meta)
 
     def epoch(self) -> float:
-        import contextlib
-        import io
-
-        from contrastlab.platform.train import run_epochs
-
-        def batches(split, shuffle=False, epoch=0, drop_last=False):
-            return iter(self.train if split == "train" else self.eval)
-
-        self.ctx.method.evaluate = lambda *a, **k: {}  # evaluation is not a step; keep it out
-        with contextlib.redirect_stdout(io.StringIO()):
-            hist = run_epochs(self.ctx, batches, lambda *a, **k: None, start_epoch=0)
-        self.exp.train.epochs = 1
-        return compute_steps_per_s(hist[-1], self.exp.train.batch_size)
+        return compute_steps_per_s(loop_epoch(self.ctx, self.train), self.exp.train.batch_size)
 
 
 def compute_steps_per_s(metrics: dict, batch: int) -> float:

@@ -213,6 +213,25 @@ def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
 
 
+def preprocess_sample(members: dict, key: str, shard: str, sample_fn: SampleFn, required: tuple[str, ...], seed: int,
+                      epoch: int) -> dict:
+    """One raw sample (member name -> bytes; None/NaN = absent) -> the method's output row plus `index`:
+    decode the members by extension, check the required ones, then `sample_fn` with the sample's RNG.
+    Raises DecodeError (or the fn's KeyError/ValueError/TypeError) for a bad sample."""
+    sample = {"__key__": key}
+    for name, value in members.items():
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            continue
+        sample[name] = decode_member(name, value)
+    missing = [m for m in required if m not in sample]
+    if missing:
+        raise DecodeError(f"missing member(s) {missing} that this method needs (present: {sorted(c for c in sample if c != '__key__')})")
+    sample["index"] = sample_index(key, sample.get("json"), shard)
+    out = sample_fn(sample, sample_rng(seed, epoch, key))
+    out["index"] = np.int64(sample["index"])
+    return out
+
+
 class PreprocessBatches:
     """The `map_batches` function: decode each sample, run the method's per-sample function, stack.
 
@@ -241,19 +260,8 @@ class PreprocessBatches:
         for row in range(len(keys)):
             key, shard = str(keys[row]), str(urls[row])
             try:
-                sample = {"__key__": key}
-                for col in columns:
-                    value = batch[col][row]
-                    if value is None or (isinstance(value, float) and np.isnan(value)):
-                        continue
-                    sample[col] = decode_member(col, value)
-                missing = [m for m in self.required if m not in sample]
-                if missing:
-                    raise DecodeError(f"missing member(s) {missing} that this method needs (present: {sorted(c for c in sample if c != '__key__')})")
-                sample["index"] = sample_index(key, sample.get("json"), shard)
-                out = self.sample_fn(sample, sample_rng(self.seed, epoch, key))
-                out["index"] = np.int64(sample["index"])
-                outputs.append(out)
+                members = {col: batch[col][row] for col in columns}
+                outputs.append(preprocess_sample(members, key, shard, self.sample_fn, self.required, self.seed, epoch))
             except BadSampleError:
                 raise
             except (DecodeError, KeyError, ValueError, TypeError) as exc:
