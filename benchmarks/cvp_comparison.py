@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
         per_seed.append(row)
         print(json.dumps(row), flush=True)
 
-    summary = {arm: {k: (float(np.mean([r[arm][k] for r in per_seed])), float(np.std([r[arm][k] for r in per_seed])))
+    summary = {arm: {k: (float(np.mean([r[arm][k] for r in per_seed])), float(np.std([r[arm][k] for r in per_seed], ddof=1 if len(per_seed) > 1 else 0)))
                      for k in METRICS} for arm in ("raw", "pca", "views", "cvp")}
     print(f"\nusgs-cube {data}, {args.labels_per_class:g} labels/class, {args.draws} draws x {len(args.seeds)} seeds, SVM {svm}")
     print(f"{'arm':8s} " + " ".join(f"{k:>17s}" for k in METRICS))

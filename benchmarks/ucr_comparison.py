@@ -1,16 +1,20 @@
 """UCR vs sequential fine-tuning (no rehearsal) on synthetic-reid, same budget (card g), to JSON.
 
     # full: default synthetic-reid (source d0 + seen d1-d3 + unseen u1-u2, 60 train ids x 8 images per
-    # domain), 2 source epochs + 6 epochs per domain, batch 128, 3 seeds x 2 arms
+    # domain), 2 source epochs + 6 epochs per domain, 32 new-domain images per step, 3 seeds x 2 arms
     python benchmarks/ucr_comparison.py --out ucr_comparison.json --seeds 0 1 2
 
     # plumbing check: small data, 1 epoch per phase
     python benchmarks/ucr_comparison.py --quick --out /tmp/ucr_quick.json --seeds 0 1
 
-Arms (identical except the rehearsal switch): `finetune` = method.rehearsal=false (no buffer, no
+Arms (identical except rehearsal and the batch it implies): `finetune` = method.rehearsal=false (no buffer, no
 L_old, no L_kl: the same pseudo-label pipeline, L_ccl + L_cam only); `ucr` = the full method. Both
-start from the same labelled warm start on d0 (same seed -> same initial weights and same source
-phase), see the same batches and the same number of steps. Every run is in-process (run_local).
+start from a labelled warm start on d0 with the same initial weights (same seed) and the same
+source data and epochs. Each phase reads only its domain (plus, for UCR, the buffer: method.phase_data=select), so
+as in the card both arms take 32 new-domain images per step and the same number of steps: the
+fine-tune batch is 32 new rows, UCR's is 64 = 32 new + 32 buffered (card: new batch 32, old batch
+32). The loader's batch is one number per run, so the warm start on d0 also runs at 32 (fine-tune)
+vs 64 (UCR) rows per step: the same images and epochs, twice the steps for fine-tune. Every run is in-process (run_local).
 
 Reported per arm (mean +- sample std over seeds): seen-domain mAP after the last phase
 (`mAP_seen`), each seen domain's mAP, forgetting (mAP of a domain right after its own phase minus
@@ -31,10 +35,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import numpy as np  # noqa: E402
 
-ARMS = {"finetune": ["method.rehearsal=false"], "ucr": ["method.rehearsal=true"]}
+# new batch 32 in both arms; UCR adds an old batch of 32 (method.old_batch_ratio=1 mixes them into one batch of 64)
+ARMS = {"finetune": ["method.rehearsal=false", "train.batch_size=32"], "ucr": ["method.rehearsal=true", "train.batch_size=64"]}
 # quick: fewer steps per domain, so the mean teacher uses alpha 0.99 (0.999 would barely move in ~20 steps)
 QUICK = ["method.source_epochs=2", "method.epochs_per_domain=2", "train.epochs=8", "train.eval_every_epochs=2",
-         "train.batch_size=64", "method.ema_alpha=0.99",
+         "method.ema_alpha=0.99",
          "data.embedded_params={n_train_ids: 20, images_per_train_id: 8, n_test_ids: 12, images_per_test_id: 6}"]
 KEYS = ("mAP_seen", "mAP_unseen", "rank1_seen", "rank1_unseen", "forgetting_mean")
 

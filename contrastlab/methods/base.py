@@ -14,6 +14,8 @@ Lifecycle, driven by `contrastlab.platform.train`:
         method.on_phase_start(ctx)            # optional
         for epoch:
             method.on_epoch_start(ctx)        # optional (e.g. clustering via ctx.extract)
+            ctx.data_selection = method.train_selection(ctx)  # optional: which training samples this
+                                              # epoch reads (platform/data/selection.py), e.g. a domain + buffer
             for batch in train shard:         # batch: dict of torch tensors on ctx.device
                 logs = method.train_step(batch, ctx)   # calls ctx.step(loss, "main") itself
                 method.after_step(ctx)        # optional

@@ -42,7 +42,8 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    train: str = ""  # shard pattern(s): path, glob, brace pattern, s3:// or gs:// URI; "" = embedded dataset
+    train: str = ""  # shard pattern(s): path, glob, brace pattern, s3:// or gs:// URI; "" = embedded dataset; ';' separates mixed sources
+    train_weights: str = ""  # sampling weights of the ';'-separated training sources, e.g. "2:1:1"; "" = by size (see data/mixing.py)
     eval: str = ""  # evaluation shards; "" = the embedded dataset's evaluation split
     embedded: str = ""  # name of the embedded dataset; "" = the method's default
     embedded_params: dict = field(default_factory=dict)  # size parameters passed to the generator

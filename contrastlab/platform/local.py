@@ -19,7 +19,7 @@ from typing import Iterator
 import torch
 
 from contrastlab.platform.config import Experiment, build_experiment
-from contrastlab.platform.data.reader import PreprocessBatches, iter_tar_samples
+from contrastlab.platform.data.reader import PreprocessBatches, epoch_rows, iter_tar_samples
 from contrastlab.platform.tb import TBLogger
 
 
@@ -34,9 +34,11 @@ class LocalRun:
 
 def iter_batches(paths: list[str], sample_fn, required, batch_size: int, *, split: str, seed: int, epoch: int = 0,
                  shuffle_buffer: int = 0, drop_last: bool = False, filesystem=None, policy: str = "raise",
-                 device: str | torch.device = "cpu") -> Iterator[dict]:
+                 device: str | torch.device = "cpu", mix=None, selection=None) -> Iterator[dict]:
     """Shards -> preprocessed torch batches in this process. With `shuffle_buffer`, the shard order
-    and samples (through a buffer of that many raw samples) are shuffled per (seed, epoch)."""
+    and samples (through a buffer of that many raw samples) are shuffled per (seed, epoch). With a
+    `MixPlan` and/or a method's `DataSelection`, each sample appears as many times as they draw (the
+    same draw as the Ray reader)."""
     import numpy as np
 
     fn = PreprocessBatches(sample_fn, tuple(required), policy, None, seed, split, epoch=epoch)
@@ -50,13 +52,15 @@ def iter_batches(paths: list[str], sample_fn, required, batch_size: int, *, spli
         for path in order:
             stream = filesystem.open_input_stream(path) if filesystem is not None else open(path, "rb")
             with stream:
-                for sample in iter_tar_samples(stream, path, policy):
-                    if not shuffle_buffer:
-                        yield sample
-                        continue
-                    buffer.append(sample)
-                    if len(buffer) >= shuffle_buffer:
-                        yield buffer.pop(rng.randrange(len(buffer)))
+                for raw in iter_tar_samples(stream, path, policy):
+                    chosen = (raw,) if mix is None and selection is None else epoch_rows(raw, path, seed, epoch, mix, selection)
+                    for sample in chosen:
+                        if not shuffle_buffer:
+                            yield sample
+                            continue
+                        buffer.append(sample)
+                        if len(buffer) >= shuffle_buffer:
+                            yield buffer.pop(rng.randrange(len(buffer)))
         rng.shuffle(buffer)
         yield from buffer
 
@@ -103,7 +107,9 @@ def run_local(method_name: str, sets: list[str] | None = None, *, exp: Experimen
         fn, required = preprocess["train" if split == "train" else "eval"]
         return iter_batches(sources.get(split, []), fn, required, exp.train.batch_size, split=split, seed=exp.run.seed,
                             epoch=epoch, shuffle_buffer=exp.data.shuffle_buffer if shuffle else 0, drop_last=drop_last,
-                            filesystem=plan.filesystem, policy=exp.data.bad_samples, device=device)
+                            filesystem=plan.filesystem, policy=exp.data.bad_samples, device=device,
+                            mix=plan.mix if split == "train" else None,
+                            selection=ctx.data_selection if split == "train" else None)
 
     if quiet:
         import contextlib

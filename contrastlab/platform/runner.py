@@ -16,19 +16,26 @@ class DataPlan:
     filesystem: object = None
     samples_per_epoch: int = 0
     meta: dict = field(default_factory=dict)
+    mix: object = None  # data.mixing.MixPlan when several weighted training sources are mixed
 
 
 def plan_data(exp: Experiment) -> DataPlan:
-    """Shard paths for train/eval: the user's patterns, or the method's embedded dataset."""
+    """Shard paths for train/eval: the user's patterns, or the method's embedded dataset. Several
+    training sources (';' in data.train, or a list of splits in the method's `dataset_splits`) are
+    mixed by `data.train_weights` (data/mixing.py)."""
     from contrastlab.methods.registry import get_method
-    from contrastlab.platform.data.paths import manifest_count, resolve_shards
+    from contrastlab.platform.data.mixing import MixError, split_sources
+    from contrastlab.platform.data.paths import resolve_shards
 
     method_cls = get_method(exp.method_name)
     meta: dict = {}
     if exp.data.train:
-        train, fs = resolve_shards(exp.data.train)
+        sources, fs = [], None
+        for pattern in split_sources(exp.data.train):
+            paths, fs = resolve_shards(pattern)
+            sources.append(paths)
         eval_paths = resolve_shards(exp.data.eval)[0] if exp.data.eval else []
-        meta_file = os.path.join(os.path.dirname(train[0]), "meta.json")
+        meta_file = os.path.join(os.path.dirname(sources[0][0]), "meta.json")
         if fs is None and os.path.exists(meta_file):
             meta = json.load(open(meta_file))
     else:
@@ -38,12 +45,36 @@ def plan_data(exp: Experiment) -> DataPlan:
         ds = ensure_dataset(name, seed=exp.run.seed if getattr(method_cls, "dataset_follows_seed", False) else 0,
                             cache_dir=exp.data.cache_dir or None, **exp.data.embedded_params)
         splits = getattr(method_cls, "dataset_splits", {"train": "train", "eval": "test"})
-        train, fs, meta = ds.splits[splits["train"]], None, dict(ds.meta)
+        train_splits = splits["train"] if isinstance(splits["train"], (list, tuple)) else [splits["train"]]
+        sources, fs, meta = [ds.splits[s] for s in train_splits], None, dict(ds.meta)
         eval_paths = [] if exp.data.eval == "none" else ds.splits[splits["eval"]]
-    count = exp.data.samples_per_epoch or manifest_count(train)
-    if not count:
-        count = _count_samples(train, fs)
+    train = [p for paths in sources for p in paths]
+    try:
+        mix = _plan_mix(exp, sources, fs)
+    except MixError as exc:
+        raise ConfigError(str(exc)) from None
+    if mix is not None:
+        print(f"[contrastlab] {mix.describe()}")
+        return DataPlan(train, eval_paths, fs, mix.epoch_size, meta, mix)
+    count = exp.data.samples_per_epoch or _source_count(train, fs)
     return DataPlan(train, eval_paths, fs, count, meta)
+
+
+def _source_count(paths: list[str], fs) -> int:
+    from contrastlab.platform.data.paths import manifest_count
+
+    return manifest_count(paths) or _count_samples(paths, fs)
+
+
+def _plan_mix(exp: Experiment, sources: list[list[str]], fs):
+    """A MixPlan when there are several training sources (or explicit weights), else None."""
+    from contrastlab.platform.data.mixing import MixPlan, parse_weights
+
+    weights = parse_weights(exp.data.train_weights, len(sources))
+    if len(sources) == 1 and not weights:
+        return None
+    counts = [_source_count(paths, fs) for paths in sources]
+    return MixPlan.build(sources, counts, weights or [float(n) for n in counts], exp.data.samples_per_epoch)
 
 
 def _count_samples(paths: list[str], fs) -> int:
@@ -93,7 +124,8 @@ def build_datasets(exp: Experiment, plan: DataPlan, run_state_name: str | None) 
     common = dict(policy=exp.data.bad_samples, run_state_name=run_state_name, filesystem=plan.filesystem,
                   seed=exp.run.seed, cpus=exp.data.preprocess_cpus, batch_size=exp.data.preprocess_batch_size)
     fn, required = method_cls.make_preprocess(exp.method, "train", plan.meta)
-    datasets = {"train": build_dataset(plan.train, fn, required=required, split="train", shuffle_files=exp.data.shuffle_files, **common)}
+    datasets = {"train": build_dataset(plan.train, fn, required=required, split="train", shuffle_files=exp.data.shuffle_files,
+                                       mix=plan.mix, **common)}
     if plan.eval:
         fn, required = method_cls.make_preprocess(exp.method, "eval", plan.meta)
         datasets["eval"] = build_dataset(plan.eval, fn, required=required, split="eval", **common)

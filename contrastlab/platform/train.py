@@ -123,6 +123,7 @@ class StepContext:
     base_lrs: dict[str, list[float]] = field(default_factory=dict)
     datasets: dict[str, Callable[[], Iterable]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)  # dataset metadata: class names, zero-shot prompts, ...
+    data_selection: Any = None  # this epoch's DataSelection from method.train_selection (data/selection.py)
     _micro: dict[str, int] = field(default_factory=dict)
     _opt_steps: dict[str, int] = field(default_factory=dict)
 
@@ -442,12 +443,15 @@ def run_epochs(ctx: StepContext, batches: Callable, report: Callable, *, start_e
             ctx.phase = started_phase = epoch_to_phase[epoch]
             if hasattr(method, "on_phase_start"):
                 method.on_phase_start(ctx)
-        if on_epoch_begin is not None:
-            on_epoch_begin(epoch)
         dist_utils.barrier()
         method.train()
         if hasattr(method, "on_epoch_start"):
             method.on_epoch_start(ctx)
+        # which training samples this epoch reads (e.g. one domain + a buffer); None = all of them
+        ctx.data_selection = method.train_selection(ctx) if hasattr(method, "train_selection") else None
+        if on_epoch_begin is not None:
+            on_epoch_begin(epoch)  # publishes the epoch (augmentation seeds) and the selection to the readers
+        dist_utils.barrier()
         sums: dict[str, float] = {}
         n_logged, samples, t_wait, t0 = 0, 0, 0.0, time.perf_counter()
         step_in_epoch = 0
@@ -480,6 +484,10 @@ def run_epochs(ctx: StepContext, batches: Callable, report: Callable, *, start_e
             if t_cfg.max_steps_per_epoch and step_in_epoch >= t_cfg.max_steps_per_epoch:
                 break
         skip_steps = 0
+        if step_in_epoch == 0 and rank == 0:
+            chosen = f" (the method selected {ctx.data_selection.describe()})" if ctx.data_selection is not None else ""
+            print(f"[contrastlab] warning: epoch {epoch + 1} had no full training batch{chosen}: check the data and "
+                  f"train.batch_size")
         elapsed = time.perf_counter() - t0
         if hasattr(method, "on_epoch_end"):
             method.on_epoch_end(ctx)
@@ -579,7 +587,10 @@ def train_loop_per_worker(config: dict) -> None:
 
     def on_epoch_begin(epoch: int) -> None:
         if rank == 0 and run_state is not None:
-            ray.get(run_state.set_epoch.remote(epoch))
+            selection = ctx.data_selection.to_dict() if ctx.data_selection is not None else None
+            ray.get(run_state.set_epoch.remote(epoch, selection))
+            if selection is not None:
+                print(f"[contrastlab] epoch {epoch + 1} reads {ctx.data_selection.describe()}")
 
     skipped = (lambda epoch: ray.get(run_state.skipped_in_epoch.remote(epoch))) if run_state is not None else None
     run_epochs(ctx, batches, report, start_epoch=start_epoch, skip_steps=skip_steps, resumed=checkpoint is not None,

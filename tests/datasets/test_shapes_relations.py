@@ -1,4 +1,6 @@
 """shapes-relations: graphs, paraphrases, rewrites (card h.5), streams, held-out split, mined shards."""
+import json
+
 import numpy as np
 import pytest
 
@@ -134,3 +136,37 @@ def test_generation_is_deterministic(tmp_path):
     assert [x["json"] for x in a] == [x["json"] for x in b]
     with pytest.raises(ValueError):
         sr.parse_mix("0:1:1")
+
+
+def _raw_train(directory, n=60, seed=5, shard_total=None):
+    """Raw (unmined) train shards of n samples; `shard_total` changes the shard size only."""
+    from contrastlab.platform.datasets._common import write_split
+    from contrastlab.platform.datasets.shapes_captions import choose_heldout_combos
+
+    heldout = choose_heldout_combos(seed, 5)
+    seen = [c for c in range(len(CLASSES)) if c not in heldout]
+    samples = sr._raw_samples("train", n, 0, seed, 24, seen, heldout, [1.0, 1.0, 1.0])
+    return write_split(directory, "train", samples, shard_total or n, "test raw")
+
+
+def test_mining_via_ray_equals_local(ray_cluster, tmp_path, shards):
+    raw = _raw_train(tmp_path / "raw")
+    kw = dict(prefix="train", seed=5, n_paraphrases=2, n_sent_negatives=2, n_ret_texts=1, n_ret_images=2)
+    via_ray = sr.mine_and_rewrite(raw, tmp_path / "ray", engine="ray", **kw)
+    local = sr.mine_and_rewrite(raw, tmp_path / "local", engine="local", **kw)
+    assert len(via_ray) == len(local) == len(raw) > 1  # one mined shard per raw shard
+    a, b = shards.read(via_ray), shards.read(local)
+    assert list(a) == list(b) == [f"{i:08d}" for i in range(60)]
+    for key in a:
+        assert a[key] == b[key], key
+    assert shards.tree(tmp_path / "ray") == shards.tree(tmp_path / "local")  # byte-identical, manifest included
+    assert sum(json.loads(f["json"])["n_ret_images"] for f in a.values() if json.loads(f["json"])["stream"] == 0) > 0
+
+
+def test_mining_does_not_depend_on_the_shard_split(tmp_path, shards):
+    """Per-sample randomness: the same raw samples in 1 shard or in several mine to the same samples."""
+    one = _raw_train(tmp_path / "one", shard_total=10_000)  # shard_size_for(10k) > 60: a single shard
+    many = _raw_train(tmp_path / "many")
+    assert len(one) == 1 and len(many) > 1
+    kw = dict(prefix="train", seed=5, n_ret_texts=1, n_ret_images=1, engine="local")
+    assert shards.read(sr.mine_and_rewrite(one, tmp_path / "m1", **kw)) == shards.read(sr.mine_and_rewrite(many, tmp_path / "m2", **kw))

@@ -130,3 +130,38 @@ def test_old_model_is_frozen_and_outside_the_optimiser(tiny_run):
     for k, v in m.old_model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert any(not torch.equal(a, b) for a, b in zip(online_before, m.online.parameters()))
+
+
+def test_each_phase_reads_its_domain_and_the_buffer_only(tmp_path, monkeypatch):
+    """phase_data=select: phase d0 trains on d0 rows only; phase d1 on d1 rows plus buffered d0 rows,
+    old:new about old_batch_ratio (1.0). phase_data=all (the first design) sees every domain."""
+    from contrastlab.platform.local import run_local
+
+    seen: list[tuple[str, np.ndarray, np.ndarray]] = []
+    original = UCR.train_step
+
+    def recording(self, batch, ctx):
+        in_buf, _ = self._buffer_labels(batch["index"].long())
+        seen.append((ctx.phase, batch["domain"].numpy().copy(), in_buf.numpy().copy()))
+        return original(self, batch, ctx)
+
+    monkeypatch.setattr(UCR, "train_step", recording)
+    sets = TINY + [f"data.cache_dir={tmp_path}", "method.min_samples=2", "method.epochs_per_domain=2", "train.epochs=4",
+                   "train.batch_size=16"]
+    run = run_local("ucr", sets, quiet=True)
+    names = run.meta["domain_names"]
+    d0, d1 = names.index("d0"), names.index("d1")
+    first = np.concatenate([dom for phase, dom, _ in seen if phase == "d0"])
+    assert len(first) and set(first.tolist()) == {d0}
+    second = [(dom, buf) for phase, dom, buf in seen if phase == "d1"]
+    dom = np.concatenate([d for d, _ in second])
+    buf = np.concatenate([b for _, b in second])
+    assert set(dom.tolist()) == {d0, d1} and buf[dom == d0].all()  # old-domain rows are buffered ones only
+    assert 0.3 < (dom == d0).mean() < 0.7, (dom == d0).mean()  # about 1 old row per new row
+    sel = run.method.train_selection(run.ctx)
+    assert sel.field == "domain" and sel.values == ("d1",) and set(sel.indices) == set(run.method.buf_index.tolist())
+
+    seen.clear()
+    run_local("ucr", sets + ["method.phase_data=all"], quiet=True)
+    first_all = np.concatenate([dom for phase, dom, _ in seen if phase == "d0"])
+    assert {d0, d1} <= set(first_all.tolist())  # every domain is read (and filtered in the step)

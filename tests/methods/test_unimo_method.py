@@ -170,3 +170,49 @@ def test_run_local_trains_and_reports_the_eval_metric(tmp_path, monkeypatch):
     last = r.history[-1]
     assert UNIMO.eval_metric in last and 0 <= last[UNIMO.eval_metric] <= 1
     assert np.isfinite(last["train_loss"])
+
+
+def test_stream_comes_from_the_members_without_a_json_field():
+    cfg = tiny_cfg()
+    fn = unimo_train_sample_fn(cfg, {})
+    s = _fake_samples(cfg, 1)[0]
+    jpg, txt = s["jpg"], s["txt"]
+    streams = [int(fn(sample, np.random.default_rng(0))["stream"]) for sample in
+               ({"jpg": jpg, "txt": txt}, {"txt": txt}, {"jpg": jpg})]
+    assert streams == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_separate_pair_text_image_sources_mix_by_weight(tmp_path, monkeypatch):
+    """Three shard sets (pairs, text-only, image-only; no `stream` field) mixed 2:1:1 by the data layer:
+    training batches hold the streams in those proportions and every loss runs."""
+    monkeypatch.setenv("CONTRASTLAB_CACHE", str(tmp_path / "cache"))
+    from contrastlab.platform.data.reader import iter_tar_samples
+    from contrastlab.platform.data.shards import write_shards
+    from contrastlab.platform.datasets import ensure_dataset
+    from contrastlab.platform.local import run_local
+
+    ds = ensure_dataset("shapes-relations", n_train=90, n_test=8, n_heldout=24)
+    by_stream: dict[int, list] = {0: [], 1: [], 2: []}
+    for path in ds.splits["train"]:
+        with open(path, "rb") as fh:
+            for s in iter_tar_samples(fh, path, "raise"):
+                stream = 0 if "jpg" in s and "txt" in s else (1 if "txt" in s else 2)
+                by_stream[stream].append((s["__key__"], {k: v for k, v in s.items() if k in ("jpg", "txt")}))
+    dirs = []
+    for stream, name in enumerate(("pairs", "text", "images")):
+        write_shards(by_stream[stream], tmp_path / name, maxcount=10)
+        dirs.append(str(tmp_path / name / "*.tar"))
+    counts = []
+    original = UNIMO.train_step
+
+    def recording(self, batch, ctx):
+        counts.append(np.bincount(batch["stream"].numpy(), minlength=3))
+        return original(self, batch, ctx)
+
+    monkeypatch.setattr(UNIMO, "train_step", recording)
+    r = run_local("unimo", ["train.epochs=3", "train.batch_size=16", f"data.train={'; '.join(dirs)}", "data.train_weights=2:1:1",
+                            f"data.eval={ds.splits['test'][0]}", "method.layers=1", "method.hidden=32", "method.heads=2"], quiet=True)
+    share = np.sum(counts, axis=0) / np.sum(counts)
+    assert np.allclose(share, [0.5, 0.25, 0.25], atol=0.08), share
+    assert np.isfinite(r.history[-1]["train_loss_mlm_text"]) and np.isfinite(r.history[-1]["train_loss_mrm_image"])

@@ -5,14 +5,17 @@ ImageNet pre-training: the same losses with ground-truth ids as labels), then on
 domain. In phase d the method trains only on samples whose "domain" is d, plus the buffered
 images of earlier domains.
 
-Data: the platform loader yields ALL domains of the train split every epoch; train_step keeps the
-rows of the current domain that have a pseudo-label, and the rows whose stable "index" is in the
-rehearsal buffer. Cost: with n domains in the train split, each epoch decodes and augments about
-n times the images it trains on (the forward/backward passes only see the kept rows), and the
-clustering pass likewise reads every train image (the EMA runs on current-domain rows only).
+Data (`phase_data=select`, default): each epoch the method tells the loader which training samples
+to read (`train_selection`, platform/data/selection.py): the current domain's samples plus the
+rehearsal buffer, each buffered image repeated so old rows make `old_batch_ratio` x the new rows
+(card: old batch 32 = new batch 32, so 1.0); the read tasks drop every other sample before decoding.
+Batches therefore carry about batch_size / (1 + old_batch_ratio) new rows and the rest old ones;
+the card's two separate batches (32 + 32) become one mixed batch of 64 (one forward, see below).
+`phase_data=all` is the first design, kept for comparison: every domain every epoch, filtered in
+train_step (about batch_size / n_domains new rows per step, n_domains times the decoding). The
+clustering pass reads every training image either way (the EMA runs on current-domain rows only).
 Batch composition is random (no P x K identity sampler): the loss terms that need identities
-use the centroid/proxy memories, so they work with any batch; the new/old batch sizes vary per
-step (about batch_size / n_domains new rows).
+use the centroid/proxy memories, so they work with any batch.
 
 Per epoch: cluster EMA eval features of the current domain (k-reciprocal Jaccard + DBSCAN; on
 rank 0, broadcast), recompute centroids C_new and per-camera proxies. Per step:
@@ -83,6 +86,8 @@ class UCRConfig:
     lambda_kl: float = 20.0
     mem_samples: int = 2
     label_offset: str = "intended"  # intended | official (stale labels for domains older than the newest)
+    phase_data: str = "select"  # select: read only the phase's domain + the buffer | all: every domain, filtered in the step
+    old_batch_ratio: float = 1.0  # buffered rows per new-domain row in the training stream (card: 32 old per 32 new)
 
     def validate(self) -> None:
         if self.backbone not in BACKBONES:
@@ -105,6 +110,10 @@ class UCRConfig:
         for name in ("eps", "tau_c", "beta", "tau_kl"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"method.{name} must be > 0, got {getattr(self, name)}")
+        if self.phase_data not in ("select", "all"):
+            raise ValueError(f"method.phase_data must be 'select' or 'all', got {self.phase_data!r}")
+        if self.old_batch_ratio < 0:
+            raise ValueError(f"method.old_batch_ratio must be >= 0, got {self.old_batch_ratio}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"method.label_smoothing must lie in [0, 1), got {self.label_smoothing}")
 
@@ -145,7 +154,8 @@ class UCR(nn.Module):
     needs_train_features = True
     # `epochs` only sizes the LR schedule bookkeeping: the phases (source_epochs + epochs_per_domain
     # per domain) decide how many epochs run; the per-domain warm-up is done in before_optimizer_step.
-    train_defaults = {"batch_size": 128, "epochs": 20, "log_every_steps": 10, "eval_every_epochs": 2}
+    # batch 64 = the card's new batch 32 + old batch 32, mixed (see phase_data above)
+    train_defaults = {"batch_size": 64, "epochs": 20, "log_every_steps": 10, "eval_every_epochs": 2}
     smoke_overrides = {
         "method.source_epochs": 1, "method.epochs_per_domain": 1, "train.epochs": 4,
         "data.embedded_params": "{n_train_ids: 12, images_per_train_id: 6, n_test_ids: 8, images_per_test_id: 6, n_unseen_domains: 1}",
@@ -302,6 +312,7 @@ class UCR(nn.Module):
         idx, feats, cols = ctx.extract("train_eval", features)
         self.ema.train()
         keep = cols["domain"] == dom
+        self._domain_count = int(keep.sum())  # sizes this epoch's buffer repeats (train_selection)
         idx, feats, cams, pids = idx[keep], feats[keep], cols["camera"][keep], cols["pid"][keep]
         result = None
         if ctx.rank == 0:
@@ -331,6 +342,24 @@ class UCR(nn.Module):
             ctx.log(logs, prefix="cluster/")
             self._last_cluster_logs = logs
 
+    def train_selection(self, ctx):
+        """This epoch's training samples: the phase's domain plus the rehearsal buffer, repeated so
+        buffered rows make `old_batch_ratio` x the domain's rows (None with phase_data=all)."""
+        from contrastlab.platform.data.selection import DataSelection
+
+        c = self.cfg
+        if c.phase_data == "all":
+            return None
+        use_old = bool(self.has_old) and c.rehearsal and not self._is_source(ctx.phase) and self.buf_index.numel() > 0
+        n_new = getattr(self, "_domain_count", 0) or self.pl_index.numel()
+        rows = n_new * (1 + (c.old_batch_ratio if use_old else 0.0))
+        # the per-domain warm-up counts in this stream's steps, not in the whole train split's
+        self._steps_per_epoch = max(1, int(rows // (ctx.exp.train.batch_size * ctx.world_size)))
+        if not use_old:
+            return DataSelection("domain", (ctx.phase,))
+        copies = c.old_batch_ratio * n_new / self.buf_index.numel()
+        return DataSelection("domain", (ctx.phase,), tuple(self.buf_index.tolist()), copies)
+
     def on_phase_end(self, ctx) -> None:
         if self._is_source(ctx.phase) or not self.cfg.rehearsal:
             return
@@ -359,7 +388,7 @@ class UCR(nn.Module):
     def before_optimizer_step(self, name: str, ctx) -> None:
         """Per-domain linear warm-up (re-created each domain; Adam state carries over)."""
         c = self.cfg
-        warm = c.warmup_epochs * ctx.steps_per_epoch
+        warm = c.warmup_epochs * (getattr(self, "_steps_per_epoch", 0) or ctx.steps_per_epoch)
         factor = 1.0 if warm <= 0 else min(1.0, c.warmup_start_factor + (1 - c.warmup_start_factor) * float(self.phase_step) / warm)
         for group, base in zip(ctx.optimizers[name].param_groups, ctx.base_lrs[name]):
             group["lr"] = base * factor

@@ -6,7 +6,10 @@ Streams (card d says "one modality type per batch; three Ray datasets, round-rob
 has one training dataset): every training sample carries a `stream` field (0 pair, 1 text-only,
 2 image-only) set by the dataset generator in the card's proportions (shapes-relations
 `stream_mix`, default 1:1:1). Every sample has the same fixed-shape columns; members a stream lacks
-are zeros and masked out. So each batch mixes the three streams and each loss is computed on its
+are zeros and masked out (a sample without the field gets its stream from its members: txt + jpg
+pair, txt only text, jpg only image; so separate pair / text / image shard sets can be mixed by
+weight with `--data 'pairs/*.tar; text/*.tar; images/*.tar' --set data.train_weights=1:1:1`,
+platform/data/mixing.py). So each batch mixes the three streams and each loss is computed on its
 rows only. A side effect: every parameter is used on every step on every rank, which avoids the
 card's DDP unused-parameter gotcha (i). `method.stream_mix` weights the streams' losses relative to
 the pair stream ("1:0:0" switches the unimodal streams off; the samples are then still read).
@@ -83,7 +86,10 @@ def unimo_train_sample_fn(cfg: UNIMOConfig, meta: dict, tokenizer: BPETokenizer 
 
     def fn(sample: dict, rng: np.random.Generator) -> dict:
         info = sample.get("json") or {}
-        stream = int(info.get("stream", streams["pair"]))
+        if "stream" in info:
+            stream = int(info["stream"])
+        else:  # shards without the field (e.g. separate text / image corpora mixed by data.train_weights)
+            stream = streams["pair"] if "txt" in sample and "jpg" in sample else streams["text" if "txt" in sample else "image"]
         has_text, has_image = "txt" in sample and stream != streams["image"], "jpg" in sample and stream != streams["text"]
         ids = tok.encode([str(sample["txt"])])[0] if has_text else np.zeros(tok.context_length, np.int64)
         masked, labels = _mask_text(ids, cfg, tok, rng) if has_text else (ids.copy(), np.full_like(ids, IGNORE_INDEX))
@@ -155,7 +161,7 @@ class UNIMO(nn.Module):
     @staticmethod
     def make_preprocess(cfg: UNIMOConfig, split: str, meta: dict):
         if split == "train":
-            return unimo_train_sample_fn(cfg, meta), ("json",)
+            return unimo_train_sample_fn(cfg, meta), ()  # the json (mined positives/negatives) is optional
         return unimo_eval_sample_fn(cfg, meta), ("jpg", "txt", "json")
 
     def trainable(self) -> dict[str, nn.Module]:

@@ -47,13 +47,17 @@ class RunState:
 
     def __init__(self):
         self.epoch = 0
+        self.selection: dict | None = None  # the method's DataSelection for this epoch (selection.py)
         self.skipped: list[tuple[int, str, str, str]] = []
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, selection: dict | None = None) -> None:
+        self.epoch, self.selection = epoch, selection
 
     def get_epoch(self) -> int:
         return self.epoch
+
+    def get_epoch_and_selection(self) -> tuple[int, dict | None]:
+        return self.epoch, self.selection
 
     def report_skip(self, shard: str, key: str, reason: str) -> None:
         self.skipped.append((self.epoch, shard, key, reason))
@@ -128,6 +132,24 @@ def iter_tar_samples(stream, shard: str, policy: str, run_state_name: str | None
         yield current
 
 
+def epoch_rows(sample: dict, shard: str, seed: int, epoch: int, mix=None, selection=None) -> list[dict]:
+    """A raw sample -> its copies in this epoch's training stream: the mix plan's draw for its source
+    (mixing.py) times the method's selection (selection.py; only the json is decoded for it). Copies
+    carry `__repeat__` (their augmentation differs) and, with a mix, `__source__`."""
+    key = sample["__key__"]
+    source = mix.source_of(shard) if mix is not None else None
+    n = mix.copies(source, key, seed, epoch) if mix is not None else 1
+    if selection is not None and n:
+        try:
+            meta = decode_json(sample["json"]) if sample.get("json") is not None else None
+        except DecodeError:
+            return [sample]  # let preprocessing report it under the bad-sample policy
+        n *= selection.copies(meta if isinstance(meta, dict) else None, sample_index(key, meta if isinstance(meta, dict) else None, shard),
+                              key, seed, epoch)
+    tag = {} if source is None else {"__source__": source}
+    return [{**sample, **tag, "__repeat__": r} for r in range(n)]
+
+
 def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
     """Raw samples -> the column batch `PreprocessBatches` takes (a member absent from a sample is None)."""
     names: dict[str, None] = {}
@@ -142,9 +164,10 @@ def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
 
 
 def make_datasource(paths: list[str], preprocess: "PreprocessBatches", policy: str, run_state_name: str | None, filesystem=None,
-                    shuffle_files: bool = False, seed: int = 0, rows_per_block: int = READ_CHUNK_ROWS):
+                    shuffle_files: bool = False, seed: int = 0, rows_per_block: int = READ_CHUNK_ROWS, mix=None):
     """One read task per shard: stream its samples, preprocess every `rows_per_block` of them, and
-    yield each preprocessed block as soon as it is ready."""
+    yield each preprocessed block as soon as it is ready. With a `MixPlan` (several weighted training
+    sources), each sample is emitted as many times as the plan draws for this epoch (0, 1, 2, ...)."""
     from ray.data.block import BlockAccessor
     from ray.data.datasource import FileBasedDatasource
 
@@ -161,8 +184,12 @@ def make_datasource(paths: list[str], preprocess: "PreprocessBatches", policy: s
 
         def _read_stream(self, f, path: str):
             rows = []
+            epoch, selection = preprocess.current_state()
             for sample in iter_tar_samples(f, path, policy, run_state_name):
-                rows.append(sample)
+                if mix is None and selection is None:
+                    rows.append(sample)
+                else:
+                    rows.extend(epoch_rows(sample, path, seed, epoch, mix, selection))
                 if len(rows) >= rows_per_block:
                     out = preprocess(rows_to_batch(rows))
                     rows = []
@@ -209,14 +236,17 @@ def sample_index(key: str, meta: dict | None, shard: str) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
+def sample_rng(seed: int, epoch: int, key: str, repeat: int = 0) -> np.random.Generator:
+    """A sample's augmentation RNG; `repeat` > 0 for the extra copies of an upsampled source."""
+    entropy = [seed, epoch, zlib.crc32(key.encode())] + ([repeat] if repeat else [])
+    return np.random.default_rng(entropy)
 
 
 def preprocess_sample(members: dict, key: str, shard: str, sample_fn: SampleFn, required: tuple[str, ...], seed: int,
-                      epoch: int) -> dict:
-    """One raw sample (member name -> bytes; None/NaN = absent) -> the method's output row plus `index`:
-    decode the members by extension, check the required ones, then `sample_fn` with the sample's RNG.
+                      epoch: int, repeat: int = 0, source: int | None = None) -> dict:
+    """One raw sample (member name -> bytes; None/NaN = absent) -> the method's output row plus `index`
+    (and `source` when several training sources are mixed): decode the members by extension, check the
+    required ones, then `sample_fn` with the sample's RNG.
     Raises DecodeError (or the fn's KeyError/ValueError/TypeError) for a bad sample."""
     sample = {"__key__": key}
     for name, value in members.items():
@@ -227,8 +257,10 @@ def preprocess_sample(members: dict, key: str, shard: str, sample_fn: SampleFn, 
     if missing:
         raise DecodeError(f"missing member(s) {missing} that this method needs (present: {sorted(c for c in sample if c != '__key__')})")
     sample["index"] = sample_index(key, sample.get("json"), shard)
-    out = sample_fn(sample, sample_rng(seed, epoch, key))
+    out = sample_fn(sample, sample_rng(seed, epoch, key, repeat))
     out["index"] = np.int64(sample["index"])
+    if source is not None:
+        out["source"] = np.int64(source)
     return out
 
 
@@ -246,22 +278,34 @@ class PreprocessBatches:
         self.run_state_name, self.seed, self.split = run_state_name, seed, split
         self.epoch = epoch  # fixed epoch for in-process use; None = ask the run's epoch clock
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        epoch = self.epoch or 0
+    def current_state(self):
+        """(epoch, DataSelection or None): fixed in-process, else (training split of a Ray run) the
+        run's epoch clock and the method's selection for the epoch."""
+        from .selection import DataSelection
+
+        epoch, selection = self.epoch or 0, None
         if self.split == "train" and self.epoch is None:
             actor = _run_state(self.run_state_name)
             if actor is not None:
                 import ray
 
-                epoch = ray.get(actor.get_epoch.remote())
+                epoch, chosen = ray.get(actor.get_epoch_and_selection.remote())
+                selection = DataSelection.from_dict(chosen)
+        return epoch, selection
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        epoch = self.current_state()[0]
         keys, urls = batch["__key__"], batch["__url__"]
+        sources, repeats = batch.get("__source__"), batch.get("__repeat__")  # set when sources are mixed
         columns = [c for c in batch if not c.startswith("__")]
         outputs: list[dict] = []
         for row in range(len(keys)):
             key, shard = str(keys[row]), str(urls[row])
             try:
                 members = {col: batch[col][row] for col in columns}
-                outputs.append(preprocess_sample(members, key, shard, self.sample_fn, self.required, self.seed, epoch))
+                outputs.append(preprocess_sample(members, key, shard, self.sample_fn, self.required, self.seed, epoch,
+                                                 repeat=int(repeats[row]) if repeats is not None else 0,
+                                                 source=int(sources[row]) if sources is not None else None))
             except BadSampleError:
                 raise
             except (DecodeError, KeyError, ValueError, TypeError) as exc:
@@ -284,6 +328,7 @@ def build_dataset(
     shuffle_files: bool = False,
     cpus: float = 0.5,
     batch_size: int = 128,
+    mix=None,
 ):
     """shards -> Ray Dataset of preprocessed numpy rows (lazy, streaming).
 
@@ -296,13 +341,15 @@ def build_dataset(
     measured size of `batch_size` preprocessed rows, so each block leaves its task as soon as it is
     made. Preprocessing runs as many tasks at a time as there are shards (webdataset's DataLoader has
     the same limit): write several shards per split (converters write up to 1,000 samples per shard,
-    embedded datasets cut small splits into ~8 shards).
+    embedded datasets cut small splits into ~8 shards). `mix` (a `mixing.MixPlan`, training only)
+    samples several weighted sources in one operator (see mixing.py).
     """
     import ray.data
 
     fn = PreprocessBatches(sample_fn, required, policy, run_state_name, seed, split)
     ds = ray.data.read_datasource(
-        make_datasource(paths, fn, policy, run_state_name, filesystem, shuffle_files and split == "train", seed, rows_per_block=batch_size),
+        make_datasource(paths, fn, policy, run_state_name, filesystem, shuffle_files and split == "train", seed, rows_per_block=batch_size,
+                        mix=mix if split == "train" else None),
         num_cpus=cpus, override_num_blocks=max(1, len(paths)),
     )
     row_bytes = estimate_row_bytes(paths, sample_fn, required, seed, split, filesystem)

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--cache-dir", default=None)
     make.add_argument("--json", action="store_true", help="print meta.json instead of a summary")
+    make.add_argument("--ray", action="store_true",
+                      help="run the generator's Ray Data stages (e.g. shapes-relations mining) on Ray: RAY_ADDRESS's cluster, "
+                           "else a local one (default: in-process)")
     convert = sub.add_parser("convert", help="convert a public dataset layout into shards")
     kinds = convert.add_subparsers(dest="kind", required=True)
     cub = kinds.add_parser("cub", help="CUB-200-2011 folder")
@@ -129,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, description in list_datasets().items():
                 print(f"{name:18s} {description}")
         elif args.command == "make":
+            if args.ray:
+                from contrastlab.platform.runner import init_ray
+
+                init_ray()
             paths = ensure_dataset(args.name, seed=args.seed, cache_dir=args.cache_dir, **_parse_params(args.name, args.params))
             print(json.dumps(paths.meta, indent=1) if args.json else _summary(paths))
         elif args.kind == "reid":

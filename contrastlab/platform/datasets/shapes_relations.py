@@ -23,6 +23,14 @@ same graph (`ret_texts`), retrieved images from the image-only pool with the sam
 an attribute swap, an object swap and a relation swap, in that order). Rewrites are made from the
 caption's parsed graph (`parse_caption`), not from the generator's scene record.
 
+Mining is a Ray Data stage (`contrastlab.platform.data.stage`), so it scales out on CPU nodes and is
+never redone per epoch: pass 1 indexes every raw shard in its own task (captions, parsed graphs,
+object sets, image-pool JPEGs); the driver builds the global structures once (scikit-learn TF-IDF
+neighbours over pair captions, the text pool by graph, the image pool by object set) and broadcasts
+them through the object store; pass 2 builds each output shard in its own task (one per raw shard,
+same numbering). Randomness is drawn per sample (`[seed, 991, index]`), so the bytes do not depend
+on the split into tasks, and `engine="ray"` and `"local"` (in-process) write identical shards.
+
 Node vocabulary: attribute = an object's colour, object = its shape, relation = the relation.
 Word-level rewrites replace one attribute or object word; phrase-level ones replace the relation
 phrase ("left of" -> "above"). Synonyms (crimson = red) never count as a change and relations in
@@ -37,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contrastlab.platform.data.codecs import decode_json, encode_jpeg
+from contrastlab.platform.data.codecs import decode_json, decode_text, encode_jpeg
 
 from ._common import DatasetSpec, check_count, fill_prompts, sample_key, with_article, write_split
 from .shapes_captions import CLASSES, COLOUR_RGB, COLOURS, SHAPES, SYNONYMS, choose_heldout_combos, class_id, shape_mask
@@ -263,6 +271,7 @@ def _raw_samples(split: str, n: int, first_index: int, seed: int, image_size: in
 
 # ---------------------------------------------------------------- offline mining
 def _read_samples(paths: list[str]) -> list[dict]:
+    """All samples of the shards in order, json and txt decoded (for tests and inspection)."""
     from contrastlab.platform.data.reader import iter_tar_samples
 
     samples = []
@@ -295,10 +304,79 @@ def _tfidf_neighbours(texts: list[str], graphs: list[tuple], k: int, chunk: int 
     return out
 
 
+def _index_row(sample: dict) -> dict:
+    """Pass 1, per sample: what the global structures need. Pairs and text-only samples give their
+    caption and its parsed graph; image-only samples (no caption) the graph of their scene record
+    and their JPEG bytes, which the image pool hands out."""
+    info = decode_json(sample["json"])
+    stream = info.get("stream", STREAMS["pair"])
+    row = {"key": sample["__key__"], "stream": stream}
+    if stream == STREAMS["image"]:
+        sc = info["scene"]
+        graph = canonical_graph(tuple(sc["a"]), sc["relation"], tuple(sc["b"]))
+        row.update(graph=graph, objects=object_set(graph), jpg=sample["jpg"])
+    else:
+        caption = decode_text(sample["txt"])
+        graph = parse_caption(caption)["graph"]
+        row.update(caption=caption, graph=graph, objects=object_set(graph))
+    return row
+
+
+def _mining_context(rows: list[dict], *, seed: int, n_paraphrases: int, n_sent_negatives: int, n_ret_texts: int,
+                    n_ret_images: int, ret_image_match: str) -> dict:
+    """The driver's global structures, built once from the index rows and broadcast to pass 2:
+    per pair key its graph and TF-IDF sentence negatives (captions of other pair scenes), the
+    text-only pool by graph and the image-only pool by object set (or graph), in sample order."""
+    pairs = [r for r in rows if r["stream"] == STREAMS["pair"]]
+    sent_nn = _tfidf_neighbours([r["caption"] for r in pairs], [r["graph"] for r in pairs], n_sent_negatives)
+    text_pool: dict[tuple, list[str]] = {}
+    image_pool: dict[tuple, list[bytes]] = {}
+    for r in rows:
+        if r["stream"] == STREAMS["text"]:
+            text_pool.setdefault(r["graph"], []).append(r["caption"])
+        elif r["stream"] == STREAMS["image"]:
+            image_pool.setdefault(r["objects"] if ret_image_match == "objects" else r["graph"], []).append(r["jpg"])
+    return {
+        "pairs": {r["key"]: {"graph": r["graph"], "sent_negs": [pairs[j]["caption"] for j in nn]} for r, nn in zip(pairs, sent_nn)},
+        "text_pool": text_pool, "image_pool": image_pool, "seed": seed, "n_paraphrases": n_paraphrases,
+        "n_ret_texts": n_ret_texts, "n_ret_images": n_ret_images, "ret_image_match": ret_image_match,
+    }
+
+
+def _build_sample(sample: dict, ctx: dict) -> tuple[str, dict]:
+    """Pass 2, per sample: the final sample. Pairs get their mined candidates; text-only and
+    image-only samples pass through unchanged (same members, same json)."""
+    info = decode_json(sample["json"])
+    fields = {k: sample[k] for k in ("jpg", "txt") if k in sample}  # raw bytes: written back unchanged
+    mined = ctx["pairs"].get(sample["__key__"])
+    if mined is not None:
+        # Per-sample stream: the output never depends on how the samples are split over shards/tasks.
+        rng = np.random.default_rng([ctx["seed"], 991, int(info["index"])])
+        graph, caption = mined["graph"], decode_text(sample["txt"])
+        pos = paraphrases(caption, ctx["n_paraphrases"], rng)
+        texts = ctx["text_pool"].get(graph, [])
+        ret = [texts[j] for j in rng.permutation(len(texts))[:ctx["n_ret_texts"]]]
+        negs = [{"text": t, "level": "sent", "node": "sentence"} for t in mined["sent_negs"]]
+        negs += word_and_phrase_negatives(caption, rng)
+        positives = {caption, *pos, *ret}
+        # No negative may equal a positive, as a string or as a graph (card h.5).
+        negs = [n for n in negs if n["text"] not in positives and parse_caption(n["text"])["graph"] != graph]
+        info.update(pos_texts=pos, ret_texts=ret, neg_texts=negs, hard_negatives=eval_hard_negatives(caption, rng),
+                    hard_negative_kinds=list(EVAL_HARD_NEGATIVE_KINDS), graph=json.loads(json.dumps(graph)))
+        pool = ctx["image_pool"].get(object_set(graph) if ctx["ret_image_match"] == "objects" else graph, [])
+        picks = rng.permutation(len(pool))[:ctx["n_ret_images"]]
+        for k, j in enumerate(picks):
+            fields[f"ret{k}.jpg"] = pool[j]
+        info["n_ret_images"] = int(len(picks))
+    fields["json"] = info
+    return sample["__key__"], fields
+
+
 def mine_and_rewrite(in_shards: list[str], out_dir, *, prefix: str = "train", seed: int = 0, n_paraphrases: int = 2,
                      n_sent_negatives: int = 2, n_ret_texts: int = 2, n_ret_images: int = 2,
-                     ret_image_match: str = "objects", maxcount: int = 1000) -> list[str]:
-    """Offline positives/negatives (card d) over raw shards -> final shards `out_dir/<prefix>-*.tar`.
+                     ret_image_match: str = "objects", engine: str = "auto") -> list[str]:
+    """Offline positives/negatives (card d) over raw shards -> final shards `out_dir/<prefix>-*.tar`
+    (one per raw shard, same numbering) plus `<prefix>.manifest.json`.
 
     For every pair sample (stream 0): paraphrases, word/phrase rewrites of its parsed caption,
     sentence-level negatives (TF-IDF nearest captions of other pair scenes, never the same graph),
@@ -306,53 +384,22 @@ def mine_and_rewrite(in_shards: list[str], out_dir, *, prefix: str = "train", se
     images whose scene has the same object set, `ret_image_match="objects"`, or the same graph,
     `"graph"`), stored inline as `ret<k>.jpg`, and the three evaluation hard negatives. Every stored
     negative differs from every stored positive as a graph. Text-only and image-only samples pass
-    through unchanged. Deterministic in `seed`. Runs once, before training (never per epoch).
+    through unchanged. Deterministic in `seed` (randomness per sample index), identical for every
+    engine. Runs once, before training (never per epoch).
+
+    A Ray Data stage (`contrastlab.platform.data.stage`): pass 1 indexes every shard in a task,
+    the driver builds TF-IDF neighbours and the pools once, pass 2 builds each shard in a task with
+    those broadcast. `engine`: "ray", "local" (in-process) or "auto" (ray when connected to Ray).
     """
+    from contrastlab.platform.data.stage import collect_shards, map_shards
+
     if ret_image_match not in ("objects", "graph"):
         raise ValueError(f"ret_image_match must be 'objects' or 'graph', got {ret_image_match!r}")
-    rng = np.random.default_rng([seed, 991])
-    samples = _read_samples(in_shards)
-    pairs = [s for s in samples if s["json"].get("stream", 0) == STREAMS["pair"]]
-    pair_graphs = [parse_caption(s["txt"])["graph"] for s in pairs]
-    sent_nn = _tfidf_neighbours([s["txt"] for s in pairs], pair_graphs, n_sent_negatives)
-    text_pool: dict[tuple, list[str]] = {}
-    for s in samples:
-        if s["json"].get("stream") == STREAMS["text"]:
-            text_pool.setdefault(parse_caption(s["txt"])["graph"], []).append(s["txt"])
-    image_pool: dict[tuple, list[bytes]] = {}
-    for s in samples:
-        if s["json"].get("stream") == STREAMS["image"]:
-            sc = s["json"]["scene"]
-            g = canonical_graph(tuple(sc["a"]), sc["relation"], tuple(sc["b"]))
-            image_pool.setdefault(object_set(g) if ret_image_match == "objects" else g, []).append(s["jpg"])
-    pos_of = {}
-    for p, s in enumerate(pairs):
-        pos_of[s["__key__"]] = (p, pair_graphs[p])
-
-    def build(s: dict) -> tuple[str, dict]:
-        info = dict(s["json"])
-        fields = {k: s[k] for k in ("jpg", "txt") if k in s}
-        if s["__key__"] in pos_of:
-            p, graph = pos_of[s["__key__"]]
-            caption = s["txt"]
-            pos = paraphrases(caption, n_paraphrases, rng)
-            texts = text_pool.get(graph, [])
-            ret = [texts[j] for j in rng.permutation(len(texts))[:n_ret_texts]]
-            negs = [{"text": pairs[j]["txt"], "level": "sent", "node": "sentence"} for j in sent_nn[p]]
-            negs += word_and_phrase_negatives(caption, rng)
-            positives = {caption, *pos, *ret}
-            negs = [n for n in negs if n["text"] not in positives and parse_caption(n["text"])["graph"] != graph]
-            info.update(pos_texts=pos, ret_texts=ret, neg_texts=negs, hard_negatives=eval_hard_negatives(caption, rng),
-                        hard_negative_kinds=list(EVAL_HARD_NEGATIVE_KINDS), graph=json.loads(json.dumps(graph)))
-            pool = image_pool.get(object_set(graph) if ret_image_match == "objects" else graph, [])
-            picks = rng.permutation(len(pool))[:n_ret_images]
-            for k, j in enumerate(picks):
-                fields[f"ret{k}.jpg"] = pool[j]
-            info["n_ret_images"] = int(len(picks))
-        fields["json"] = info
-        return s["__key__"], fields
-
-    return write_split(Path(out_dir), prefix, (build(s) for s in samples), len(samples), f"shapes-relations mining {prefix}")
+    rows = collect_shards(in_shards, _index_row, engine, label=f"shapes-relations mining {prefix}: index")
+    context = _mining_context(rows, seed=seed, n_paraphrases=n_paraphrases, n_sent_negatives=n_sent_negatives,
+                              n_ret_texts=n_ret_texts, n_ret_images=n_ret_images, ret_image_match=ret_image_match)
+    del rows  # pass 2 needs only the context: free the index rows (captions, graphs) while it runs
+    return map_shards(in_shards, out_dir, prefix, _build_sample, context, engine, label=f"shapes-relations mining {prefix}")
 
 
 # ---------------------------------------------------------------- generate
@@ -406,5 +453,6 @@ SPEC = DatasetSpec(
     defaults={"n_train": 3000, "n_test": 300, "n_heldout": 500, "image_size": 48, "n_heldout_combos": 5, "stream_mix": "1:1:1",
               "n_paraphrases": 2, "n_sent_negatives": 2, "n_ret_texts": 2, "n_ret_images": 2, "ret_image_match": "objects"},
     generate=generate,
+    version=2,  # 2: mining as a per-shard Ray Data stage with per-sample randomness (new bytes)
     choices={"ret_image_match": ("objects", "graph")},
 )

@@ -1,0 +1,47 @@
+"""A method's per-epoch DataSelection: the draw, and through real Ray Data via the run's RunState actor."""
+import numpy as np
+import pytest
+
+from contrastlab.platform.data.codecs import encode_jpeg
+from contrastlab.platform.data.reader import build_dataset, epoch_rows, get_or_create_run_state
+from contrastlab.platform.data.selection import DataSelection
+from contrastlab.platform.data.shards import write_shards
+
+
+def _sample(i: int) -> dict:
+    return {"jpg": encode_jpeg(np.full((8, 8, 3), i % 250, np.uint8)), "json": {"index": i, "domain": f"d{i % 3}"}}
+
+
+def test_copies_field_indices_and_round_trip():
+    sel = DataSelection("domain", ("d1",), indices=(0, 3), index_copies=2.5)
+    assert sel.copies({"domain": "d1"}, 7, "k7", 0, 0) == 1
+    assert sel.copies({"domain": "d2"}, 8, "k8", 0, 0) == 0
+    drawn = [sel.copies({"domain": "d0"}, 0, f"k{e}", 0, e) for e in range(200)]
+    assert set(drawn) == {2, 3} and abs(np.mean(drawn) - 2.5) < 0.15
+    assert DataSelection.from_dict(sel.to_dict()) == sel and DataSelection.from_dict(None) is None
+    assert DataSelection().copies(None, 5, "k", 0, 0) == 1  # no field: everything
+    with pytest.raises(ValueError, match="index_copies"):
+        DataSelection("domain", ("d1",), index_copies=-1)
+
+
+def test_epoch_rows_tags_repeats():
+    raw = {"__key__": "00003", "jpg": b"x", "json": b'{"index": 3, "domain": "d0"}'}
+    rows = epoch_rows(raw, "s.tar", 0, 0, selection=DataSelection("domain", ("d1",), indices=(3,), index_copies=2))
+    assert [r["__repeat__"] for r in rows] == [0, 1] and "__source__" not in rows[0]
+    assert epoch_rows(raw, "s.tar", 0, 0, selection=DataSelection("domain", ("d1",))) == []
+
+
+def test_ray_reader_follows_the_run_state_selection(ray_cluster, tmp_path):
+    paths = write_shards(((f"{i:05d}", _sample(i)) for i in range(30)), tmp_path, maxcount=10)
+    fn = lambda s, rng: {"domain": np.int64(int(s["json"]["domain"][1:])), "draw": np.float64(rng.random())}  # noqa: E731
+    state = get_or_create_run_state("test-selection-state")
+    ray_cluster.get(state.set_epoch.remote(1, DataSelection("domain", ("d2",), indices=(0, 3), index_copies=2).to_dict()))
+    rows = build_dataset(paths, fn, split="train", run_state_name="test-selection-state", cpus=0.25).take_all()
+    index = sorted(int(r["index"]) for r in rows)
+    assert index == sorted([i for i in range(30) if i % 3 == 2] + [0, 0, 3, 3])
+    draws = {float(r["draw"]) for r in rows if int(r["index"]) == 0}
+    assert len(draws) == 2  # each copy has its own augmentation
+    # evaluation splits ignore the selection; a cleared selection reads everything again
+    assert len(build_dataset(paths, fn, split="eval", run_state_name="test-selection-state", cpus=0.25).take_all()) == 30
+    ray_cluster.get(state.set_epoch.remote(2, None))
+    assert len(build_dataset(paths, fn, split="train", run_state_name="test-selection-state", cpus=0.25).take_all()) == 30
