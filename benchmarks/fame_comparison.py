@@ -2,6 +2,8 @@
 
     # the full comparison (card g: ~1,200 training videos, 30 epochs, batch 32, 3 seeds x 2 arms)
     python benchmarks/fame_comparison.py --out fame_comparison.json --seeds 0 1 2
+    # on a GPU box: all 6 runs at once on one GPU (video decoding stays on the CPU cores)
+    python benchmarks/fame_comparison.py --out fame_comparison.json --seeds 0 1 2 --device cuda --jobs 6
 
     # plumbing check: 240 videos, 3 epochs (4 runs took 104-169 s each on the shared 2-core machine at load ~20)
     python benchmarks/fame_comparison.py --quick --out /tmp/fame_quick.json --seeds 0 1
@@ -37,6 +39,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for a plain checkout
 
 import numpy as np  # noqa: E402
+from _common import run_jobs  # noqa: E402
 
 METRICS = ("probe_top1", "retrieval_r1", "retrieval_r5", "retrieval_r10", "bg_probe_top1", "probe_test_halves_top1")
 ARMS = {"moco": "false", "fame": "true"}
@@ -89,10 +92,14 @@ def run_arm(arm: str, seed: int, args) -> dict:
         f"method.backbone={args.backbone}", f"method.decode_cache={args.n_train + args.n_test}", *args.set,
     ]
     t0 = time.perf_counter()
-    result = run_local("fame", sets, quiet=True)
+    result = run_local("fame", sets, quiet=True, device=args.device)
     last = result.history[-1]
     return {"arm": arm, "seed": seed, **{m: last.get(m) for m in METRICS}, "train_loss": last.get("train_loss"),
             "steps": last.get("step"), "wall_s": time.perf_counter() - t0, "sets": sets}
+
+
+def _run_job(job: tuple) -> dict:
+    return run_arm(*job)
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -145,6 +152,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-params", default="", help="extra moving-shapes generator params, e.g. 'blob_size: 10, n_frames: 32'")
     p.add_argument("--set", action="append", default=[], help="extra --set overrides for both arms")
     p.add_argument("--fresh", action="store_true")
+    p.add_argument("--device", default="cpu", help="cuda: every run on the GPU")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (processes); e.g. 6 on a GPU box")
     args = p.parse_args(argv)
     args.epochs = args.epochs or (3 if args.quick else 30)
     args.n_train = args.n_train or (240 if args.quick else 1200)
@@ -159,17 +168,19 @@ def main(argv=None) -> int:
     if os.path.exists(args.out) and not args.fresh:
         done = json.load(open(args.out)).get("runs", [])
     throughput = measure_sample_fn(ds.splits["train"])
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "fresh")}
-    for seed in args.seeds:
-        for arm in ARMS:
-            if any(r["arm"] == arm and r["seed"] == seed and r.get("config") == config for r in done):
-                continue
-            row = run_arm(arm, seed, args)
-            row["config"] = config
-            done.append(row)
-            print(f"{arm} seed {seed}: " + ", ".join(f"{m} {row[m]:.3f}" for m in METRICS if row[m] is not None) + f" ({row['wall_s']:.0f} s)", flush=True)
-            with open(args.out, "w") as fh:
-                json.dump({"runs": done, "throughput": throughput}, fh, indent=1)
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "fresh", "jobs", "device")}
+
+    def record(row: dict) -> None:
+        row["config"] = config
+        done.append(row)
+        print(f"{row['arm']} seed {row['seed']}: " + ", ".join(f"{m} {row[m]:.3f}" for m in METRICS if row[m] is not None)
+              + f" ({row['wall_s']:.0f} s)", flush=True)
+        with open(args.out, "w") as fh:
+            json.dump({"runs": done, "throughput": throughput}, fh, indent=1)
+
+    jobs = [(arm, seed, args) for seed in args.seeds for arm in ARMS
+            if not any(r["arm"] == arm and r["seed"] == seed and r.get("config") == config for r in done)]
+    run_jobs(_run_job, jobs, args.jobs, record)
     runs = [r for r in done if r.get("config") == config]
     summary = summarise(runs)
     with open(args.out, "w") as fh:

@@ -2,6 +2,8 @@
 
     # full (card g: 4K train / 1K test products, batch 64, ~1,500 steps = 24 epochs, 3 seeds, 3 arms)
     python benchmarks/scale_comparison.py --out scale_comparison.json --seeds 0 1 2
+    # on a GPU box: all 9 runs at once on one GPU
+    python benchmarks/scale_comparison.py --out scale_comparison.json --seeds 0 1 2 --device cuda --jobs 9
     # plumbing check: 512 / 256 products, 2 epochs of 8 steps
     python benchmarks/scale_comparison.py --quick --out /tmp/scale_quick.json --seeds 0 1 2
 
@@ -29,6 +31,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for a plain checkout
 
 import numpy as np  # noqa: E402
+from _common import run_jobs  # noqa: E402
 
 ARMS = {
     "unweighted": ["method.graph_weighting=off", "method.mask_weighting=false"],
@@ -51,10 +54,14 @@ def run_arm(arm: str, seed: int, args) -> dict:
         *ARMS[arm], *args.set,
     ]
     start = time.time()
-    result = run_local("scale", sets, quiet=True)
+    result = run_local("scale", sets, quiet=True, device=args.device)
     last = result.history[-1]
     return {"arm": arm, "seed": seed, "seconds": time.time() - start, "steps": int(last.get("step", 0)), "sets": sets,
             **{k: float(last[k]) for k in METRICS if k in last}}
+
+
+def _run_job(job: tuple) -> dict:
+    return run_arm(*job)
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -111,6 +118,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--set", nargs="*", default=[], help="extra --set overrides for every arm, e.g. method.missing=mask")
     p.add_argument("--fresh", action="store_true", help="ignore runs already in --out")
+    p.add_argument("--device", default="cpu", help="cuda: every run on the GPU")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (processes); e.g. 9 on a GPU box")
     args = p.parse_args(argv)
     args.epochs = args.epochs or (2 if args.quick else 24)
     args.n_train = args.n_train or (512 if args.quick else 4000)
@@ -121,18 +130,21 @@ def main(argv=None) -> None:
         with open(args.out) as fh:
             runs = json.load(fh).get("runs", [])
     done = {(r["arm"], r["seed"]) for r in runs}
-    config = {k: v for k, v in vars(args).items() if k != "out"}
-    for seed in args.seeds:
-        for arm in args.arms:
-            if (arm, seed) in done:
-                continue
-            r = run_arm(arm, seed, args)
-            runs.append(r)
-            print(f"{arm} seed {seed}: map@10 {r.get('map_at_10', float('nan')):.4f} probe {r.get('probe_fused', float('nan')):.4f} "
-                  f"g_audio noise/clean {r.get('g_audio_noise', float('nan')):.4f}/{r.get('g_audio_clean', float('nan')):.4f} "
-                  f"({r['seconds']:.0f} s, {r['steps']} steps)", flush=True)
-            with open(args.out, "w") as fh:
-                json.dump({"config": config, "runs": runs, "summary": summarise(runs)}, fh, indent=2)
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "jobs", "device")}
+
+    def record(r: dict) -> None:
+        runs.append(r)
+        print(f"{r['arm']} seed {r['seed']}: map@10 {r.get('map_at_10', float('nan')):.4f} probe {r.get('probe_fused', float('nan')):.4f} "
+              f"g_audio noise/clean {r.get('g_audio_noise', float('nan')):.4f}/{r.get('g_audio_clean', float('nan')):.4f} "
+              f"({r['seconds']:.0f} s, {r['steps']} steps)", flush=True)
+        with open(args.out, "w") as fh:
+            json.dump({"config": config, "runs": runs, "summary": summarise(runs)}, fh, indent=2)
+
+    from contrastlab.platform.datasets import ensure_dataset
+
+    ensure_dataset("fashion-products", n_train=args.n_train, n_test=args.n_test)  # once, before worker processes start
+    jobs = [(arm, seed, args) for seed in args.seeds for arm in args.arms if (arm, seed) not in done]
+    run_jobs(_run_job, jobs, args.jobs, record)
     summary = summarise(runs)
     with open(args.out, "w") as fh:
         json.dump({"config": config, "runs": runs, "summary": summary}, fh, indent=2)

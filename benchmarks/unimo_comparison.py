@@ -3,6 +3,8 @@
     # full (card g): 3 arms x 3 seeds, ~1,500 steps of batch 64 each (n_train 3,000, 32 epochs);
     # about 2 s/step for arm B on one shared core, so plan ~2.5 h per B/C run; run arms in parallel jobs.
     python benchmarks/unimo_comparison.py --out unimo_comparison.json --seeds 0 1 2
+    # on a GPU box: all 9 runs at once on one GPU
+    python benchmarks/unimo_comparison.py --out unimo_comparison.json --seeds 0 1 2 --device cuda --jobs 9
 
     # quick plumbing + trend check (the numbers in the report came from this)
     python benchmarks/unimo_comparison.py --quick --seeds 0 1 --out /tmp/unimo_quick.json
@@ -33,6 +35,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for a plain checkout
 
 import numpy as np  # noqa: E402
+from _common import run_jobs  # noqa: E402
 
 ARMS = {
     "inbatch": ["method.n_paraphrases=0", "method.n_ret_texts=0", "method.n_ret_images=0", "method.hard_negatives=0",
@@ -44,21 +47,25 @@ METRICS = ("hardneg_acc", "hardneg_acc_attribute", "hardneg_acc_object", "hardne
            "t2i_r5", "i2t_r10", "t2i_r10", "zeroshot_colour_shape_top1", "mlm_acc")
 
 
-def run_arm(arm: str, seed: int, quick: bool) -> dict:
+def run_arm(arm: str, seed: int, quick: bool, device: str = "cpu", epochs: int | None = None) -> dict:
     import torch
 
     from contrastlab.platform.local import run_local
 
     torch.set_num_threads(1)
     data = "{n_train: 1536, n_test: 64, n_heldout: 256}" if quick else "{n_train: 3000, n_test: 300, n_heldout: 500}"
-    epochs = 6 if quick else 32
+    epochs = epochs or (6 if quick else 32)
     sets = [f"run.seed={seed}", f"train.epochs={epochs}", "train.batch_size=64", f"data.embedded_params={data}", *ARMS[arm]]
     t0 = time.time()
-    r = run_local("unimo", sets, quiet=True)
+    r = run_local("unimo", sets, quiet=True, device=device)
     last = r.history[-1]
     out = {k: float(last[k]) for k in METRICS if k in last}
     out.update(arm=arm, seed=seed, steps=int(last.get("step", 0)), wall_s=time.time() - t0)
     return out
+
+
+def _run_job(job: tuple) -> dict:
+    return run_arm(*job)
 
 
 def summarize(results: list[dict]) -> dict:
@@ -89,15 +96,24 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--quick", action="store_true", help="1,536 training samples (512 pairs), 6 epochs = 144 steps per run")
+    p.add_argument("--epochs", type=int, default=None, help="default 32 (6 with --quick)")
+    p.add_argument("--device", default="cpu", help="cuda: every run on the GPU")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (processes); e.g. 9 on a GPU box")
     args = p.parse_args(argv)
     results = []
-    for seed in args.seeds:
-        for arm in args.arms:
-            res = run_arm(arm, seed, args.quick)
-            results.append(res)
-            print(json.dumps(res), flush=True)
-            with open(args.out, "w") as fh:
-                json.dump({"quick": args.quick, "results": results, **summarize(results)}, fh, indent=1)
+
+    def record(res: dict) -> None:
+        results.append(res)
+        print(json.dumps(res), flush=True)
+        with open(args.out, "w") as fh:
+            json.dump({"quick": args.quick, "results": results, **summarize(results)}, fh, indent=1)
+
+    from contrastlab.platform.datasets import ensure_dataset
+
+    data = {"n_train": 1536, "n_test": 64, "n_heldout": 256} if args.quick else {"n_train": 3000, "n_test": 300, "n_heldout": 500}
+    ensure_dataset("shapes-relations", **data)  # once, before any worker process starts
+    jobs = [(arm, seed, args.quick, args.device, args.epochs) for seed in args.seeds for arm in args.arms]
+    run_jobs(_run_job, jobs, args.jobs, record)
     summary = summarize(results)
     print(f"\n{'arm':<18}" + "".join(f"{m:>22}" for m in ("hardneg_acc", "hardneg_acc_relation", "i2t_r1", "t2i_r1", "mlm_acc")))
     for arm, row in summary["table"].items():
