@@ -88,7 +88,7 @@ def write_photo_shards(directory: str, n: int, size: int, per_shard: int, seed: 
 
 
 # --------------------------------------------------------------------------- Ray
-def start_ray(num_cpus: int, object_store_mb: int | None = None) -> None:
+def start_ray(num_cpus: int, object_store_mb: int | None = None, dashboard: bool = True) -> None:
     """A local cluster for a benchmark: 127.0.0.1, no auth token, no progress bars."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -99,7 +99,7 @@ def start_ray(num_cpus: int, object_store_mb: int | None = None) -> None:
 
     kwargs = {"object_store_memory": object_store_mb * 2**20} if object_store_mb else {}
     # address="local": a new cluster even where another one (e.g. a cluster_utils head) is registered on this host
-    ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=True, **kwargs)
+    ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=dashboard, log_to_driver=True, **kwargs)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()

@@ -168,7 +168,7 @@ def ingest_loop(config: dict) -> None:
         for ep in range(epochs):
             t0 = _time.time()
             first, n, n_first = None, 0, 0
-            for b in shard.iter_torch_batches(batch_size=config["batch"], prefetch_batches=2, device="cpu"):
+            for b in shard.iter_torch_batches(batch_size=config["batch"], prefetch_batches=config.get("prefetch", 2), device="cpu"):
                 k = len(b["index"])
                 n += k
                 if first is None:
@@ -179,7 +179,7 @@ def ingest_loop(config: dict) -> None:
 
 
 def run_ray(sets: dict, plan: list, batch: int, map_batch: dict, data_cpus: float, storage: str,
-            required: tuple[str, ...] = ("jpg", "json")) -> list[dict]:
+            required: tuple[str, ...] = ("jpg", "json"), prefetch: int = 2) -> list[dict]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -190,7 +190,7 @@ def run_ray(sets: dict, plan: list, batch: int, map_batch: dict, data_cpus: floa
     out_file = os.path.join(storage, "ray_epochs.json")
     trainer = TorchTrainer(
         ingest_loop,
-        train_loop_config={"plan": plan, "batch": batch, "out": out_file},
+        train_loop_config={"plan": plan, "batch": batch, "out": out_file, "prefetch": prefetch},
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name="ingest", storage_path=storage),
         datasets=datasets,
@@ -242,6 +242,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=0, help="epochs per pipeline (0: 2 quick, 3 full)")
     ap.add_argument("--object-store-mb", type=int, default=256)
     ap.add_argument("--rss-factor", type=int, default=4, help="the large RSS set is this many times the 224 px set")
+    ap.add_argument("--ray-prefetch", type=int, default=2, help="prefetch_batches of the Train worker's iterator (the DataLoader side keeps 2)")
+    ap.add_argument("--no-dashboard", action="store_true", help="start Ray without its dashboard (to measure what the dashboard's processes cost)")
     ap.add_argument("--block-mb", type=float, default=8.0, help="target output MiB per preprocessing batch (0: --batch rows)")
     ap.add_argument("--data-cpus", type=float, default=1.0,
                     help="CPUs per Ray Data task (1.0: --procs tasks at a time; the platform default 0.5 runs 2x--procs)")
@@ -282,12 +284,12 @@ def main() -> None:
     map_batch = {"s64": rows_for(64), "s224": rows_for(224), "big224": rows_for(224)}
     report["settings"]["map_batch_rows"] = map_batch
     report["settings"]["data_cpus"] = args.data_cpus
-    start_ray(args.procs + 1, args.object_store_mb)
+    start_ray(args.procs + 1, args.object_store_mb, dashboard=not args.no_dashboard)
     sets = {f"s{s}": (shards[s], fns[s]) for s in sizes}
     sets["big224"] = (big, fns[224])
     plan = [(f"s{s}", epochs) for s in sizes] + [("big224", 1)]
     with RSSSampler(raylet_pids()) as sampler:
-        ray_epochs = run_ray(sets, plan, args.batch, map_batch, args.data_cpus, os.path.join(work, "ray"))
+        ray_epochs = run_ray(sets, plan, args.batch, map_batch, args.data_cpus, os.path.join(work, "ray"), prefetch=args.ray_prefetch)
     import ray
 
     ray.shutdown()
