@@ -12,7 +12,7 @@ resized crop + flip (CLIP's train view). Views leave as uint8 CHW (converted to 
 Pipelines, each with P = --procs CPU processes doing the per-sample work:
 - ray:        `reader.build_dataset` (one operator: each read task decodes and preprocesses its
               shard a batch at a time; P concurrent tasks of 1 CPU) -> TorchTrainer(1 worker, 1 CPU) ->
-              `iter_torch_batches(batch_size, prefetch_batches=2)` as in `train_loop_per_worker`.
+              `iter_torch_batches(batch_size, prefetch_batches=data.prefetch_batches)` as in `train_loop_per_worker`.
 - webdataset: DataLoader(WebDataset(shards).map(same per-sample work), num_workers=P, batch_size).
 - decode ceiling: P forked processes doing `decode_jpeg` only over the same JPEG bytes in memory.
 - work ceiling:   P forked processes doing the same per-sample work (decode + json + two views)
@@ -54,6 +54,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RSSSampler, machine, print_table, raylet_pids, start_ray, write_photo_shards, write_report  # noqa: E402
 
+from contrastlab.platform.config import DataConfig  # noqa: E402
 from contrastlab.platform.data.augment import hflip, moco_v2_view, random_resized_crop, to_chw  # noqa: E402
 from contrastlab.platform.data.codecs import decode_jpeg  # noqa: E402
 from contrastlab.platform.data.reader import preprocess_sample  # noqa: E402
@@ -179,11 +180,12 @@ def ingest_loop(config: dict) -> None:
 
 
 def run_ray(sets: dict, plan: list, batch: int, map_batch: dict, data_cpus: float, storage: str,
-            required: tuple[str, ...] = ("jpg", "json"), prefetch: int = 2) -> list[dict]:
+            required: tuple[str, ...] = ("jpg", "json"), prefetch: int = DataConfig.prefetch_batches) -> list[dict]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from contrastlab.platform.data.reader import build_dataset
+    from contrastlab.platform.data.split import TrainEqualEvalCompleteConfig
 
     datasets = {name: build_dataset(paths, fn, required=required, split="train", cpus=data_cpus, batch_size=map_batch[name])
                 for name, (paths, fn) in sets.items()}
@@ -194,6 +196,7 @@ def run_ray(sets: dict, plan: list, batch: int, map_batch: dict, data_cpus: floa
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name="ingest", storage_path=storage),
         datasets=datasets,
+        dataset_config=TrainEqualEvalCompleteConfig(tuple(datasets)),  # as the platform splits its train set
     )
     result = trainer.fit()
     if result.error:
@@ -242,7 +245,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=0, help="epochs per pipeline (0: 2 quick, 3 full)")
     ap.add_argument("--object-store-mb", type=int, default=256)
     ap.add_argument("--rss-factor", type=int, default=4, help="the large RSS set is this many times the 224 px set")
-    ap.add_argument("--ray-prefetch", type=int, default=2, help="prefetch_batches of the Train worker's iterator (the DataLoader side keeps 2)")
+    ap.add_argument("--ray-prefetch", type=int, default=DataConfig.prefetch_batches,
+                    help="prefetch_batches of the Train worker's iterator (default: the platform's data.prefetch_batches; "
+                         "the DataLoader keeps prefetch_factor=2, which does not hold back its first batch)")
     ap.add_argument("--no-dashboard", action="store_true", help="start Ray without its dashboard (to measure what the dashboard's processes cost)")
     ap.add_argument("--block-mb", type=float, default=8.0, help="target output MiB per preprocessing batch (0: --batch rows)")
     ap.add_argument("--data-cpus", type=float, default=1.0,

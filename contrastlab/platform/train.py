@@ -568,7 +568,7 @@ def train_loop_per_worker(config: dict) -> None:
         if split not in shards:
             return iter(())
         return shards[split].iter_torch_batches(
-            batch_size=bs, drop_last=drop_last, device=device, prefetch_batches=2,
+            batch_size=bs, drop_last=drop_last, device=device, prefetch_batches=exp.data.prefetch_batches,
             local_shuffle_buffer_size=(exp.data.shuffle_buffer or None) if shuffle else None,
             local_shuffle_seed=(exp.run.seed * 7919 + epoch * 31 + rank) if shuffle else None,
         )

@@ -352,6 +352,10 @@ def build_dataset(
                         mix=mix if split == "train" else None),
         num_cpus=cpus, override_num_blocks=max(1, len(paths)),
     )
+    # Ray Data reserves a share of the cluster's CPUs per operator so that one stage of a multi-stage
+    # pipeline cannot starve the next. Here each dataset is a single operator, and the reservation
+    # only capped it: measured on 2-3 CPUs, read tasks ran one at a time (benchmarks/README.md).
+    ds.context.op_resource_reservation_enabled = False
     row_bytes = estimate_row_bytes(paths, sample_fn, required, seed, split, filesystem)
     if row_bytes:
         # Ray cuts a task's output into blocks of this size (slicing only above 1.5x): just under
