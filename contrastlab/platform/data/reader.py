@@ -191,11 +191,11 @@ def make_datasource(paths: list[str], preprocess: "PreprocessBatches", policy: s
                 else:
                     rows.extend(epoch_rows(sample, path, seed, epoch, mix, selection))
                 if len(rows) >= rows_per_block:
-                    out = preprocess(rows_to_batch(rows))
+                    out = preprocess(rows_to_batch(rows), epoch)
                     rows = []
                     if out:
                         yield BlockAccessor.batch_to_block(out)
-            out = preprocess(rows_to_batch(rows)) if rows else {}
+            out = preprocess(rows_to_batch(rows), epoch) if rows else {}
             if out:
                 yield BlockAccessor.batch_to_block(out)
 
@@ -293,8 +293,10 @@ class PreprocessBatches:
                 selection = DataSelection.from_dict(chosen)
         return epoch, selection
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        epoch = self.current_state()[0]
+    def __call__(self, batch: dict[str, np.ndarray], epoch: int | None = None) -> dict[str, np.ndarray]:
+        """`epoch`: the caller's epoch (a read task asks the run's clock once per shard), else asked here."""
+        if epoch is None:
+            epoch = self.current_state()[0]
         keys, urls = batch["__key__"], batch["__url__"]
         sources, repeats = batch.get("__source__"), batch.get("__repeat__")  # set when sources are mixed
         columns = [c for c in batch if not c.startswith("__")]
