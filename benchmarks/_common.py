@@ -196,9 +196,15 @@ def loop_epoch(ctx, train_batches: list) -> dict:
         return run_epochs(ctx, batches, lambda *a, **k: None, start_epoch=0)[-1]
 
 
-def run_jobs(fn, jobs: list, parallel: int = 1, on_result=None) -> list:
-    """`fn(job)` for every job, `parallel` at a time in spawned processes (1 = in this process);
-    `on_result(result)` as each finishes (to write results as they come). Results in finishing order.
+def _call_star(item):
+    fn, args = item
+    return fn(*args)
+
+
+def run_jobs(fn, jobs: list[tuple], parallel: int = 1, on_result=None) -> list:
+    """`fn(*job)` for every job (a tuple of arguments), `parallel` at a time in spawned processes
+    (1 = in this process); `on_result(result)` as each finishes (to write results as they come).
+    Results in finishing order.
 
     For comparisons with many independent runs: on a GPU box with many cores, `--jobs 9 --device
     cuda` runs every (arm, seed) at once on one GPU; `fn` must be a module-level function."""
@@ -207,13 +213,13 @@ def run_jobs(fn, jobs: list, parallel: int = 1, on_result=None) -> list:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(min(parallel, len(jobs))) as pool:
-            for result in pool.imap_unordered(fn, jobs):
+            for result in pool.imap_unordered(_call_star, [(fn, job) for job in jobs]):
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
     else:
         for job in jobs:
-            result = fn(job)
+            result = fn(*job)
             results.append(result)
             if on_result is not None:
                 on_result(result)

@@ -98,10 +98,6 @@ def run_arm(arm: str, seed: int, args) -> dict:
             "steps": last.get("step"), "wall_s": time.perf_counter() - t0, "sets": sets}
 
 
-def _run_job(job: tuple) -> dict:
-    return run_arm(*job)
-
-
 def summarise(runs: list[dict]) -> dict:
     summary = {}
     for arm in ARMS:
@@ -180,7 +176,7 @@ def main(argv=None) -> int:
 
     jobs = [(arm, seed, args) for seed in args.seeds for arm in ARMS
             if not any(r["arm"] == arm and r["seed"] == seed and r.get("config") == config for r in done)]
-    run_jobs(_run_job, jobs, args.jobs, record)
+    run_jobs(run_arm, jobs, args.jobs, record)
     runs = [r for r in done if r.get("config") == config]
     summary = summarise(runs)
     with open(args.out, "w") as fh:

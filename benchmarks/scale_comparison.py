@@ -60,10 +60,6 @@ def run_arm(arm: str, seed: int, args) -> dict:
             **{k: float(last[k]) for k in METRICS if k in last}}
 
 
-def _run_job(job: tuple) -> dict:
-    return run_arm(*job)
-
-
 def summarise(runs: list[dict]) -> dict:
     out = {}
     for arm in ARMS:
@@ -144,7 +140,7 @@ def main(argv=None) -> None:
 
     ensure_dataset("fashion-products", n_train=args.n_train, n_test=args.n_test)  # once, before worker processes start
     jobs = [(arm, seed, args) for seed in args.seeds for arm in args.arms if (arm, seed) not in done]
-    run_jobs(_run_job, jobs, args.jobs, record)
+    run_jobs(run_arm, jobs, args.jobs, record)
     summary = summarise(runs)
     with open(args.out, "w") as fh:
         json.dump({"config": config, "runs": runs, "summary": summary}, fh, indent=2)

@@ -64,10 +64,6 @@ def run_arm(arm: str, seed: int, quick: bool, device: str = "cpu", epochs: int |
     return out
 
 
-def _run_job(job: tuple) -> dict:
-    return run_arm(*job)
-
-
 def summarize(results: list[dict]) -> dict:
     table: dict = {}
     for arm in ARMS:
@@ -113,7 +109,7 @@ def main(argv=None) -> None:
     data = {"n_train": 1536, "n_test": 64, "n_heldout": 256} if args.quick else {"n_train": 3000, "n_test": 300, "n_heldout": 500}
     ensure_dataset("shapes-relations", **data)  # once, before any worker process starts
     jobs = [(arm, seed, args.quick, args.device, args.epochs) for seed in args.seeds for arm in args.arms]
-    run_jobs(_run_job, jobs, args.jobs, record)
+    run_jobs(run_arm, jobs, args.jobs, record)
     summary = summarize(results)
     print(f"\n{'arm':<18}" + "".join(f"{m:>22}" for m in ("hardneg_acc", "hardneg_acc_relation", "i2t_r1", "t2i_r1", "mlm_acc")))
     for arm, row in summary["table"].items():
