@@ -95,8 +95,15 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=None, help="default 32 (6 with --quick)")
     p.add_argument("--device", default="cpu", help="cuda: every run on the GPU")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (processes); e.g. 9 on a GPU box")
+    p.add_argument("--fresh", action="store_true", help="ignore runs already in --out (default: keep them and run the rest)")
     args = p.parse_args(argv)
     results = []
+    if os.path.exists(args.out) and not args.fresh:
+        with open(args.out) as fh:
+            previous = json.load(fh)
+        if previous.get("quick") == args.quick:  # a quick run's results never stand in for a full one
+            results = previous.get("results", [])
+    done = {(r["arm"], r["seed"]) for r in results}
 
     def record(res: dict) -> None:
         results.append(res)
@@ -108,7 +115,7 @@ def main(argv=None) -> None:
 
     data = {"n_train": 1536, "n_test": 64, "n_heldout": 256} if args.quick else {"n_train": 3000, "n_test": 300, "n_heldout": 500}
     ensure_dataset("shapes-relations", **data)  # once, before any worker process starts
-    jobs = [(arm, seed, args.quick, args.device, args.epochs) for seed in args.seeds for arm in args.arms]
+    jobs = [(arm, seed, args.quick, args.device, args.epochs) for seed in args.seeds for arm in args.arms if (arm, seed) not in done]
     run_jobs(run_arm, jobs, args.jobs, record)
     summary = summarize(results)
     print(f"\n{'arm':<18}" + "".join(f"{m:>22}" for m in ("hardneg_acc", "hardneg_acc_relation", "i2t_r1", "t2i_r1", "mlm_acc")))

@@ -10,6 +10,10 @@ evaluation and feature extraction see each sample exactly once.
 Locality hints (which node each worker is on) are passed only when the workers span several nodes:
 with hints, Ray's splitter holds back up to two blocks per worker waiting for a node-local one,
 which on a single node only delays every epoch's first batch.
+
+A run with one Train worker gets `ds.iterator()` (the execution runs inside the worker) instead of
+`streaming_split(1)`, which would route every block through a SplitCoordinator actor and start each
+epoch's execution there: nothing is split, and the extra hop only delays every epoch's first batch.
 """
 from __future__ import annotations
 
@@ -30,6 +34,9 @@ class TrainEqualEvalCompleteConfig(ray.train.DataConfig):
                 ds.set_name(name)
             ds = ds.copy(ds)
             ds.context.execution_options = self._resolve_execution_options(name)
+            if world_size == 1:  # nothing to split: the worker runs the execution itself, no coordinator actor hop
+                output[0][name] = ds.iterator()
+                continue
             splits = ds.streaming_split(world_size, equal=name in self._equal_datasets, locality_hints=locality)
             for i, split in enumerate(splits):
                 output[i][name] = split
