@@ -21,7 +21,7 @@ def test_every_rewrite_changes_exactly_one_node_of_the_intended_kind():
     rng = np.random.default_rng(0)
     for _ in range(200):
         a, rel, b = sr._draw_graph(rng, list(range(24)))
-        caption = sr.make_caption(a, rel, b, rng)
+        caption = sr.make_caption(a, rel, b, rng, synonyms=True)  # as the generator writes captions
         orig = sr.parse_caption(caption)
         negs = sr.word_and_phrase_negatives(caption, rng)
         assert len(negs) == 4 + 3
@@ -54,6 +54,11 @@ def test_rewrite_refuses_synonyms_and_symmetric_relations():
         sr.rewrite("a red circle left of a blue square.", "rel", "next to")
     assert sr.rewrite("an orange circle left of a blue square.", "a_colour", "red") == "a red circle left of a blue square."
     assert sr.rewrite("a red circle left of a blue square.", "b_colour", "orange") == "a red circle left of an orange square."
+    # relation rewrites take any surface phrase of another relation, never one of the same relation
+    assert sr.rewrite("a red circle left of a blue square.", "rel", "over") == "a red circle over a blue square."
+    assert sr.rewrite("a red circle left of a blue square.", "rel", "below") == "a red circle below a blue square."
+    with pytest.raises(ValueError):
+        sr.rewrite("a red circle left of a blue square.", "rel", "to the left of")
 
 
 def test_paraphrases_keep_the_graph_and_differ_in_text():
@@ -111,6 +116,32 @@ def test_mined_candidates_are_consistent(generated):
         assert sorted(k for k in s if k.startswith("ret")) == [f"ret{k}.jpg" for k in range(info["n_ret_images"])]
         assert len(info["hard_negatives"]) == 3
     assert n_ret_img > 0
+
+
+def _synonym_fraction(texts: list[str]) -> float:
+    """Fraction of colour/shape words written as a synonym, over the texts' parsed slots."""
+    canonical = {*sr.COLOURS, *sr.SHAPES}
+    words = []
+    for t in texts:
+        spans = sr.parse_caption(t)["spans"]
+        words += [t.lower()[slice(*spans[k])] for k in ("c1", "s1", "c2", "s2")]
+    return sum(w not in canonical for w in words) / len(words)
+
+
+def test_vocabulary_does_not_mark_positives_or_negatives(generated):
+    """Regression: when only paraphrases used synonyms, CMCL scored every synonym-bearing text high
+    against every image (train loss -> 1e-4, retrieval and zero-shot at chance). Captions, paraphrases,
+    rewritten negatives and the evaluation's hard negatives must all draw synonyms at the same rate."""
+    _, _, _, samples = generated
+    pairs = [s for s in samples["train"] if s["json"]["stream"] == 0]
+    fractions = {
+        "captions": _synonym_fraction([s["txt"] for s in pairs]),
+        "paraphrases": _synonym_fraction([p for s in pairs for p in s["json"]["pos_texts"]]),
+        "rewrites": _synonym_fraction([n["text"] for s in pairs for n in s["json"]["neg_texts"]]),
+        "eval hard negatives": _synonym_fraction([h for s in samples["heldout"] for h in s["json"]["hard_negatives"]]),
+    }
+    for name, f in fractions.items():  # 0.5 each; >= 120 words per set, so +-0.12 is over 2.5 sigma
+        assert abs(f - 0.5) < 0.12, fractions
 
 
 def test_heldout_split_uses_heldout_compositions_only_there(generated):

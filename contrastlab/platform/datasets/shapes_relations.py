@@ -4,7 +4,9 @@ A scene graph is (A, relation, B): two distinct colour x shape objects (shapes-c
 colours and four shapes, drawn with its helpers) and one of four relations {left of, right of,
 above, below}, drawn so the relation's axis clearly dominates. Captions are templated from the
 graph: "a red circle left of a blue square.", "there is a blue square to the right of a red
-circle." (both orientations name the same graph).
+circle." (both orientations name the same graph). Each colour/shape word is the canonical one or,
+with probability 1/2, a synonym ("a crimson disc above a cobalt box."), in captions, paraphrases and
+rewrites alike (`surface_word`), so a text's vocabulary never tells a positive from a negative.
 
 Splits (every sample's json has a unique int `index`):
 - `train`: `n_train` samples whose `stream` is drawn in the `stream_mix` proportions (default
@@ -120,7 +122,7 @@ def make_caption(a, rel, b, rng: np.random.Generator, *, flip: bool | None = Non
     flip = bool(rng.random() < 0.5) if flip is None else flip
     if flip:
         a, rel, b = b, INVERSE[rel], a
-    word = (lambda w: w if rng.random() < 0.5 else SYNONYMS[w][rng.integers(len(SYNONYMS[w]))]) if synonyms else (lambda w: w)
+    word = (lambda w: surface_word(w, rng)) if synonyms else (lambda w: w)
     phrases = RELATION_PHRASES[rel]
     phrase = phrases[rng.integers(len(phrases)) if variant is None else variant % len(phrases)]
     s = f"{obj_phrase(word(a[0]), word(a[1]))} {phrase} {obj_phrase(word(b[0]), word(b[1]))}"
@@ -145,8 +147,25 @@ def rewrite(caption: str, node: str, new_value: str) -> str:
     if node == "rel":
         if new_value in SYMMETRIC_RELATIONS:
             raise ValueError(f"symmetric relation {new_value!r} makes a false negative")
-        new_value = RELATION_PHRASES[new_value][0]
+        if _PHRASE_TO_REL.get(new_value) == old:
+            raise ValueError(f"rewrite of rel must change it ({old!r} -> {new_value!r})")
+        if new_value in RELATIONS:  # a canonical relation is written with its canonical phrase
+            new_value = RELATION_PHRASES[new_value][0]
     return _replace(caption, parsed["spans"][key], new_value)
+
+
+def surface_word(word: str, rng: np.random.Generator) -> str:
+    """The canonical colour/shape word or, with probability 1/2, one of its synonyms. Captions,
+    paraphrases and rewrites all draw their words this way, so no word marks a text as a paraphrase
+    (positive) or a rewrite (negative): with synonyms in paraphrases only, CMCL learned to score every
+    synonym-bearing text high against every image (loss -> 0, retrieval at chance)."""
+    return word if rng.random() < 0.5 else SYNONYMS[word][rng.integers(len(SYNONYMS[word]))]
+
+
+def surface_relation(rel: str, rng: np.random.Generator) -> str:
+    """One of the relation's surface phrases, uniformly (as captions pick them)."""
+    phrases = RELATION_PHRASES[rel]
+    return phrases[rng.integers(len(phrases))]
 
 
 def word_and_phrase_negatives(caption: str, rng: np.random.Generator) -> list[dict]:
@@ -157,11 +176,13 @@ def word_and_phrase_negatives(caption: str, rng: np.random.Generator) -> list[di
     for side, obj in (("a", parsed["a"]), ("b", parsed["b"])):
         colour = [c for c in COLOURS if c != obj[0]]
         shape = [s for s in SHAPES if s != obj[1]]
-        out.append({"text": rewrite(caption, f"{side}_colour", colour[rng.integers(len(colour))]), "level": "word", "node": "attribute"})
-        out.append({"text": rewrite(caption, f"{side}_shape", shape[rng.integers(len(shape))]), "level": "word", "node": "object"})
+        out.append({"text": rewrite(caption, f"{side}_colour", surface_word(colour[rng.integers(len(colour))], rng)), "level": "word",
+                    "node": "attribute"})
+        out.append({"text": rewrite(caption, f"{side}_shape", surface_word(shape[rng.integers(len(shape))], rng)), "level": "word",
+                    "node": "object"})
     for rel in RELATIONS:
         if rel != parsed["rel"] and rel not in SYMMETRIC_RELATIONS:
-            out.append({"text": rewrite(caption, "rel", rel), "level": "phrase", "node": "relation"})
+            out.append({"text": rewrite(caption, "rel", surface_relation(rel, rng)), "level": "phrase", "node": "relation"})
     return out
 
 
@@ -174,9 +195,9 @@ def eval_hard_negatives(caption: str, rng: np.random.Generator) -> list[str]:
     side2 = "ab"[rng.integers(2)]
     shape = [s for s in SHAPES if s != parsed[side2][1]]
     rels = [r for r in RELATIONS if r != parsed["rel"] and r not in SYMMETRIC_RELATIONS]
-    return [rewrite(caption, f"{side}_colour", colour[rng.integers(len(colour))]),
-            rewrite(caption, f"{side2}_shape", shape[rng.integers(len(shape))]),
-            rewrite(caption, "rel", rels[rng.integers(len(rels))])]
+    return [rewrite(caption, f"{side}_colour", surface_word(colour[rng.integers(len(colour))], rng)),
+            rewrite(caption, f"{side2}_shape", surface_word(shape[rng.integers(len(shape))], rng)),
+            rewrite(caption, "rel", surface_relation(rels[rng.integers(len(rels))], rng))]
 
 
 def paraphrases(caption: str, n: int, rng: np.random.Generator) -> list[str]:
@@ -262,7 +283,7 @@ def _raw_samples(split: str, n: int, first_index: int, seed: int, image_size: in
             fields["jpg"] = encode_jpeg(image)
             info["boxes"] = boxes
         if stream != STREAMS["image"]:
-            caption = make_caption(a, rel, b, rng)
+            caption = make_caption(a, rel, b, rng, synonyms=True)  # the same surface-word draws as paraphrases
             fields["txt"] = caption
             info["caption"] = caption
         fields["json"] = info
@@ -453,6 +474,7 @@ SPEC = DatasetSpec(
     defaults={"n_train": 3000, "n_test": 300, "n_heldout": 500, "image_size": 48, "n_heldout_combos": 5, "stream_mix": "1:1:1",
               "n_paraphrases": 2, "n_sent_negatives": 2, "n_ret_texts": 2, "n_ret_images": 2, "ret_image_match": "objects"},
     generate=generate,
-    version=2,  # 2: mining as a per-shard Ray Data stage with per-sample randomness (new bytes)
+    version=3,  # 3: captions and rewrites use synonyms like paraphrases (removes a CMCL shortcut)
+    # (2: mining as a per-shard Ray Data stage with per-sample randomness)
     choices={"ret_image_match": ("objects", "graph")},
 )
