@@ -1,8 +1,9 @@
 """UNIMO comparison on shapes-relations held-out compositions (card g), written to JSON.
 
-    # full (card g): 3 arms x 3 seeds, ~1,500 steps of batch 64 each (n_train 3,000, 32 epochs);
-    # about 2 s/step for arm B on one shared core, so plan ~2.5 h per B/C run; run arms in parallel jobs.
-    python benchmarks/unimo_comparison.py --out unimo_comparison.json --seeds 0 1 2
+    # full (card g): 3 arms x 3 seeds, 1,472 steps of batch 64 each (n_train 3,000, 32 epochs);
+    # measured on 2 cores with --jobs 2: 4-7 min per arm-A run, 13-21 min per B/C run (0.65 s/step for
+    # B on one quiet core), about 1 h in all; reruns skip finished runs (--fresh starts over)
+    python benchmarks/unimo_comparison.py --out unimo_comparison.json --seeds 0 1 2 --jobs 2
     # on a GPU box: all 9 runs at once on one GPU
     python benchmarks/unimo_comparison.py --out unimo_comparison.json --seeds 0 1 2 --device cuda --jobs 9
 
