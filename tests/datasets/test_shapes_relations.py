@@ -59,6 +59,8 @@ def test_rewrite_refuses_synonyms_and_symmetric_relations():
     assert sr.rewrite("a red circle left of a blue square.", "rel", "below") == "a red circle below a blue square."
     with pytest.raises(ValueError):
         sr.rewrite("a red circle left of a blue square.", "rel", "to the left of")
+    with pytest.raises(ValueError, match="unknown relation phrase"):
+        sr.rewrite("a red circle left of a blue square.", "rel", "inside")
 
 
 def test_paraphrases_keep_the_graph_and_differ_in_text():

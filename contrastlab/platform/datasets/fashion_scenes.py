@@ -184,7 +184,7 @@ SPEC = DatasetSpec(
     defaults={"n_train": 1500, "n_val": 300, "image_size": 64, "n_classes": 4, "min_items": 2, "max_items": 4, "pair_prob": 0.7,
               # items 28-44 px on a 64 px canvas and a half-contrast texture: with 20-36 px items and full-contrast
               # textures a plain CNN stayed near the label prior for hundreds of steps and neither CAM arm localised
-              # (benchmarks/README.md, PPC); these are the settings where tag learning starts within the card's budget
+              # (README.md, the PPC comparison); these are the settings where tag learning starts within the card's budget
               "item_min": 28, "item_max": 44, "mask_threshold": 40, "min_visible": 16, "texture_contrast": 0.5, "train_masks": False, "jpeg_quality": 95},
     choices={"n_classes": (2, 4, 6)},
     generate=generate,

@@ -147,7 +147,9 @@ def rewrite(caption: str, node: str, new_value: str) -> str:
     if node == "rel":
         if new_value in SYMMETRIC_RELATIONS:
             raise ValueError(f"symmetric relation {new_value!r} makes a false negative")
-        if _PHRASE_TO_REL.get(new_value) == old:
+        if new_value not in _PHRASE_TO_REL:
+            raise ValueError(f"unknown relation phrase {new_value!r}; allowed: {sorted(_PHRASE_TO_REL)}")
+        if _PHRASE_TO_REL[new_value] == old:
             raise ValueError(f"rewrite of rel must change it ({old!r} -> {new_value!r})")
         if new_value in RELATIONS:  # a canonical relation is written with its canonical phrase
             new_value = RELATION_PHRASES[new_value][0]
