@@ -5,12 +5,12 @@
     # on a GPU box: all 6 runs at once on one GPU (video decoding stays on the CPU cores)
     python benchmarks/fame_comparison.py --out fame_comparison.json --seeds 0 1 2 --device cuda --jobs 6
 
-    # plumbing check: 240 videos, 3 epochs (4 runs took 104-169 s each on the shared 2-core machine at load ~20)
+    # plumbing check: 240 videos, 3 epochs
     python benchmarks/fame_comparison.py --quick --out /tmp/fame_quick.json --seeds 0 1
 
-Cost: one 10-epoch run on 1,200 videos took 807-892 s at load 40-65 on the shared 2-core machine, so
-the full 30-epoch comparison (6 runs) is several hours there; runs are independent, so split the
-seeds over machines (--seeds 0 / --seeds 1 ... with separate --out files).
+Cost: one 30-epoch run on 1,200 videos takes about 4 min with two runs at a time on the quiet 2-core
+machine (decoded videos are cached per run, `method.decode_cache`), so the full comparison is about
+15 minutes there with `--jobs 2`.
 
 Each arm is one `run_local("fame", ...)` with identical data, budget (epochs x steps, batch) and
 seeds; the arms differ only in `method.use_fame` (false = the MoCo baseline: the query is the plain

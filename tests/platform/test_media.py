@@ -36,6 +36,43 @@ def test_decode_selected_frames_and_resize():
     np.testing.assert_array_equal(sel[2], full[-1])  # past the end: last frame
 
 
+def test_reused_reformatter_matches_per_frame_conversion_across_sizes():
+    """decode_mp4 reuses one swscale context per thread (15x faster on small frames); it must give the
+    pixels PyAV's own per-frame conversion gives, also when consecutive videos differ in size."""
+    import io
+
+    import av
+
+    for t, size, out in ((6, 32, None), (5, 48, (16, 24)), (7, 32, (32, 32))):
+        data = encode_mp4(moving_square(t, size), crf=10)
+        with av.open(io.BytesIO(data)) as container:
+            kwargs = {} if out is None else {"height": out[0], "width": out[1]}
+            expected = np.stack([f.to_ndarray(format="rgb24", **kwargs) for f in container.decode(video=0)])
+        np.testing.assert_array_equal(decode_mp4(data, size=out), expected)
+
+
+def _decode_in_child(data, queue):
+    queue.put(decode_mp4(data).shape)
+
+
+def test_decode_after_fork_does_not_reuse_the_parents_context():
+    """A forked child (DataLoader worker, multiprocessing pool) must neither use nor free the parent's
+    swscale context: freeing it hung the child on its first video."""
+    import multiprocessing as mp
+
+    data = encode_mp4(moving_square(), crf=10)
+    decode_mp4(data)  # the parent now holds a reformatter
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_decode_in_child, args=(data, queue))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("decode_mp4 hung in a forked child")
+    assert queue.get(timeout=5) == (12, 32, 32, 3)
+
+
 def test_clip_indices_random_and_centred():
     rng = np.random.default_rng(0)
     idx = clip_indices(100, 8, 2, rng)
