@@ -224,3 +224,18 @@ def run_jobs(fn, jobs: list[tuple], parallel: int = 1, on_result=None) -> list:
             if on_result is not None:
                 on_result(result)
     return results
+
+
+def load_decoded_samples(paths: list[str], limit: int | None = None) -> list[dict]:
+    """Samples of local shards with their members decoded as the platform's reader does (in this
+    process, no Ray), for benchmarks that time or train on a method's sample function directly."""
+    from contrastlab.platform.data.reader import decode_member, iter_tar_samples
+
+    samples: list[dict] = []
+    for path in paths:
+        with open(path, "rb") as fh:
+            for raw in iter_tar_samples(fh, path, "raise"):
+                samples.append({"__key__": raw["__key__"], **{k: decode_member(k, v) for k, v in raw.items() if not k.startswith("__")}})
+                if limit is not None and len(samples) >= limit:
+                    return samples
+    return samples

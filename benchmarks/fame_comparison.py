@@ -39,7 +39,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for a plain checkout
 
 import numpy as np  # noqa: E402
-from _common import run_jobs  # noqa: E402
+from _common import load_decoded_samples, run_jobs  # noqa: E402
 
 METRICS = ("probe_top1", "retrieval_r1", "retrieval_r5", "retrieval_r10", "bg_probe_top1", "probe_test_halves_top1")
 ARMS = {"moco": "false", "fame": "true"}
@@ -51,17 +51,9 @@ def measure_sample_fn(paths: list[str], n: int = 200) -> dict[str, float]:
 
     from contrastlab.methods.fame.data import make_sample_fn
     from contrastlab.methods.fame.method import FAMEConfig
-    from contrastlab.platform.data.reader import decode_member, iter_tar_samples, sample_rng
+    from contrastlab.platform.data.reader import sample_rng
 
-    samples = []
-    for path in paths:
-        with open(path, "rb") as fh:
-            for raw in iter_tar_samples(fh, path, "raise"):
-                samples.append({"__key__": raw["__key__"], **{k: decode_member(k, v) for k, v in raw.items() if not k.startswith("__")}})
-                if len(samples) >= n:
-                    break
-        if len(samples) >= n:
-            break
+    samples = load_decoded_samples(paths, limit=n)
     cfg = FAMEConfig()
     out = {"videos": len(samples)}
     for split, clips_per_video in (("train", 2), ("eval", cfg.eval_clips)):

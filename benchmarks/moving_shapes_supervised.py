@@ -30,17 +30,7 @@ from dataclasses import replace
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for a plain checkout
 
 import numpy as np  # noqa: E402
-
-
-def load_split(paths: list[str]) -> list[dict]:
-    from contrastlab.platform.data.reader import decode_member, iter_tar_samples
-
-    samples = []
-    for path in paths:
-        with open(path, "rb") as fh:
-            for raw in iter_tar_samples(fh, path, "raise"):
-                samples.append({"__key__": raw["__key__"], **{k: decode_member(k, v) for k, v in raw.items() if not k.startswith("__")}})
-    return samples
+from _common import load_decoded_samples  # noqa: E402
 
 
 def train_and_score(fit: list[dict], score: list[dict], args, train_fn, eval_fn) -> list[dict]:
@@ -112,10 +102,10 @@ def main() -> None:
         raise SystemExit(f"--n-fit ({args.n_fit}) must be below --n-test ({args.n_test}): the rest of the test split is scored")
     cfg = replace(FAMEConfig(), flip_prob=args.flip_prob, decode_cache=args.n_train + args.n_test)
     train_fn, eval_fn = make_sample_fn(cfg, "train"), make_sample_fn(cfg, "eval")
-    test = load_split(data.splits["test"])
+    test = load_decoded_samples(data.splits["test"])
     results = {"config": vars(args), "dataset": str(data.root), "chance": 1 / 6}
     for setting in args.settings:
-        fit, score = (test[:args.n_fit], test[args.n_fit:]) if setting == "debiased" else (load_split(data.splits["train"]), test)
+        fit, score = (test[:args.n_fit], test[args.n_fit:]) if setting == "debiased" else (load_decoded_samples(data.splits["train"]), test)
         print(f"{setting}: fit on {len(fit)} videos, score {len(score)}", flush=True)
         curve = train_and_score(fit, score, args, train_fn, eval_fn)
         results[setting] = {"final_top1": curve[-1]["top1"], "best_top1": max(c["top1"] for c in curve), "curve": curve}

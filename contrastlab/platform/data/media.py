@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import threading
 
 import numpy as np
@@ -66,8 +67,6 @@ def _rgb_reformatter():
     Keyed by pid too: a forked child (DataLoader workers, multiprocessing pools) builds its own and
     never touches the one it inherited: both using it and freeing it hung the child on its first
     video here (the swscale state does not survive fork; tested)."""
-    import os
-
     cached = getattr(_REFORMATTERS, "rgb", None)
     if cached is None or cached[0] != os.getpid():
         from av.video.reformatter import VideoReformatter
