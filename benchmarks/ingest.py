@@ -180,14 +180,16 @@ def ingest_loop(config: dict) -> None:
 
 
 def run_ray(sets: dict, plan: list, batch: int, map_batch: dict, data_cpus: float, storage: str,
-            required: tuple[str, ...] = ("jpg", "json"), prefetch: int = DataConfig.prefetch_batches) -> list[dict]:
+            required: tuple[str, ...] = ("jpg", "json"), prefetch: int = DataConfig.prefetch_batches,
+            task_buffer_mb: float = DataConfig.task_output_buffer_mb) -> list[dict]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from contrastlab.platform.data.reader import build_dataset
     from contrastlab.platform.data.split import TrainEqualEvalCompleteConfig
 
-    datasets = {name: build_dataset(paths, fn, required=required, split="train", cpus=data_cpus, batch_size=map_batch[name])
+    datasets = {name: build_dataset(paths, fn, required=required, split="train", cpus=data_cpus, batch_size=map_batch[name],
+                                    task_output_buffer_mb=task_buffer_mb)
                 for name, (paths, fn) in sets.items()}
     out_file = os.path.join(storage, "ray_epochs.json")
     trainer = TorchTrainer(
@@ -248,6 +250,9 @@ def main() -> None:
     ap.add_argument("--ray-prefetch", type=int, default=DataConfig.prefetch_batches,
                     help="prefetch_batches of the Train worker's iterator (default: the platform's data.prefetch_batches; "
                          "the DataLoader keeps prefetch_factor=2, which does not hold back its first batch)")
+    ap.add_argument("--task-buffer-mb", type=float, default=DataConfig.task_output_buffer_mb,
+                    help="finished blocks a read task may hold ahead of the consumer, in MiB (default: the platform's "
+                         "data.task_output_buffer_mb; 0 = Ray's own default of 2 blocks)")
     ap.add_argument("--no-dashboard", action="store_true", help="start Ray without its dashboard (to measure what the dashboard's processes cost)")
     ap.add_argument("--block-mb", type=float, default=8.0, help="target output MiB per preprocessing batch (0: --batch rows)")
     ap.add_argument("--data-cpus", type=float, default=1.0,
@@ -258,7 +263,8 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="bench_ingest_")
     report = {"benchmark": "ingest", "quick": args.quick, "machine": machine(), "settings": {
         "views": args.views, "procs": args.procs, "batch": args.batch, "epochs": epochs, "object_store_mb": args.object_store_mb,
-        "images": {"64": n64, "224": n224}, "rss_factor": args.rss_factor}}
+        "images": {"64": n64, "224": n224}, "rss_factor": args.rss_factor,
+        "ray_prefetch": args.ray_prefetch, "task_buffer_mb": args.task_buffer_mb}}
     print(f"load average {os.getloadavg()}; shards in {work}")
 
     sizes = {64: n64, 224: n224}
@@ -294,7 +300,8 @@ def main() -> None:
     sets["big224"] = (big, fns[224])
     plan = [(f"s{s}", epochs) for s in sizes] + [("big224", 1)]
     with RSSSampler(raylet_pids()) as sampler:
-        ray_epochs = run_ray(sets, plan, args.batch, map_batch, args.data_cpus, os.path.join(work, "ray"), prefetch=args.ray_prefetch)
+        ray_epochs = run_ray(sets, plan, args.batch, map_batch, args.data_cpus, os.path.join(work, "ray"), prefetch=args.ray_prefetch,
+                             task_buffer_mb=args.task_buffer_mb)
     import ray
 
     ray.shutdown()

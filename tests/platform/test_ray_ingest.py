@@ -59,6 +59,9 @@ def test_one_operator_and_batch_sized_blocks(ray_cluster, tmp_path):
     assert estimate_row_bytes(paths, fn, ("jpg",), 0, "train") == 3 * 16 * 16 + 8  # pixels + the int64 index
     ds = build_dataset(paths, fn, required=("jpg",), batch_size=16, cpus=0.25)
     assert ds.context.target_max_block_size == max(1 << 16, int(0.9 * 16 * (3 * 16 * 16 + 8)))
+    assert ds.context._max_num_blocks_in_streaming_gen_buffer == 64  # 64 MiB of 12 KiB blocks, capped
+    ds = build_dataset(paths, fn, required=("jpg",), batch_size=16, cpus=0.25, task_output_buffer_mb=0.1)
+    assert ds.context._max_num_blocks_in_streaming_gen_buffer == 8  # 0.1 MiB // 12,416 bytes
     ds = build_dataset(paths, fn, required=("jpg",), batch_size=256, cpus=0.25)  # 256 rows = 198 KiB blocks
     mat = ds.materialize()
     assert sorted(int(r["index"]) for r in mat.take_all()) == list(range(100))
@@ -74,3 +77,18 @@ def test_large_rows_give_one_block_per_batch(ray_cluster, tmp_path):
     mat = build_dataset(paths, fn, required=("jpg",), batch_size=10, cpus=0.25).materialize()
     assert mat.num_blocks() == 10  # 2 shards x 5 batches of 10 rows, each its own block
     assert mat.count() == 100
+
+
+def test_task_output_buffer_is_sized_in_bytes():
+    """How many finished blocks a read task may hold for its consumer: the byte budget over the block
+    size, never below Ray's own default of 2 (a 0 budget gives Ray's behaviour) nor above the cap."""
+    from types import SimpleNamespace
+
+    from contrastlab.platform.data.reader import MAX_BUFFERED_BLOCKS, set_task_output_buffer
+
+    ctx = SimpleNamespace(_max_num_blocks_in_streaming_gen_buffer=2)
+    assert set_task_output_buffer(ctx, 64, 3 * 2**20) == 21 == ctx._max_num_blocks_in_streaming_gen_buffer
+    assert set_task_output_buffer(ctx, 64, 38 * 2**20) == 2  # one 224 px batch of 128 rows is 38 MiB
+    assert set_task_output_buffer(ctx, 0, 3 * 2**20) == 2
+    assert set_task_output_buffer(ctx, 64, 1000) == MAX_BUFFERED_BLOCKS
+    assert set_task_output_buffer(SimpleNamespace(), 64, 1000) == 0  # a Ray without the field: left alone
