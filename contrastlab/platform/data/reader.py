@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ..config import DataConfig
 from .codecs import DecodeError, decode_jpeg, decode_json, decode_npy, decode_png, decode_text
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,7 @@ def build_dataset(
     cpus: float = 0.5,
     batch_size: int = 128,
     mix=None,
-    task_output_buffer_mb: float = 64.0,
+    task_output_buffer_mb: float = DataConfig.task_output_buffer_mb,
 ):
     """shards -> Ray Dataset of preprocessed numpy rows (lazy, streaming).
 
@@ -363,8 +364,9 @@ def build_dataset(
     if row_bytes:
         # Ray cuts a task's output into blocks of this size (slicing only above 1.5x): just under
         # one preprocessed batch, so each batch becomes one block the moment it is made.
-        ds.context.target_max_block_size = max(1 << 16, int(0.9 * batch_size * row_bytes))
-        set_task_output_buffer(ds.context, task_output_buffer_mb, batch_size * row_bytes)
+        batch_bytes = batch_size * row_bytes
+        ds.context.target_max_block_size = max(1 << 16, int(0.9 * batch_bytes))
+        set_task_output_buffer(ds.context, task_output_buffer_mb, batch_bytes)
     return ds
 
 
