@@ -23,14 +23,14 @@ def kill(proc):
     time.sleep(20)  # a SIGKILLed driver's GCS/raylet exit within ~15 s (ray-notes §6)
 
 
-def wait_for(predicate, timeout, proc=None, log_path=None):
+def wait_for(predicate, timeout, proc=None, log_path=None, poll_s=2.0):
     t0 = time.time()
     while time.time() - t0 < timeout:
         if predicate():
             return True
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"driver exited early ({proc.returncode}):\n" + open(log_path).read()[-4000:])
-        time.sleep(2)
+        time.sleep(poll_s)
     raise AssertionError("timed out" + (":\n" + open(log_path).read()[-4000:] if log_path else ""))
 
 
@@ -42,3 +42,17 @@ def result_lines(exp_dir):
 def last_json(text):
     start = text.rindex("\n{")
     return json.loads(text[start:])
+
+
+def registered_checkpoint_epoch(run_dir):
+    """The epoch of the checkpoint Ray Train will resume `run_dir` from, or 0 if none.
+
+    A checkpoint folder (with our meta.json) exists a moment before Ray's controller records it in
+    checkpoint_manager_snapshot.json; a run killed in between resumes from the previous checkpoint
+    (or from scratch), so tests that kill "after epoch N" must wait for the snapshot, not the folder."""
+    try:
+        with open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")) as f:
+            latest = json.load(f).get("latest_checkpoint_result") or {}
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return 0
+    return int((latest.get("metrics") or {}).get("epoch", 0))
