@@ -139,6 +139,35 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def ray_process_pids() -> list[int]:
+    """Every process of this driver's local cluster (GCS, raylet, dashboard, their agents, and all
+    Ray workers), the driver excluded."""
+    import ray._private.worker as w
+
+    todo = [info.process.pid for infos in w._global_node.all_processes.values() for info in infos]
+    seen: set[int] = set()
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo.extend(_children(pid))
+    seen.discard(os.getpid())
+    return sorted(seen)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the given live processes have used so far (/proc/PID/stat)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
+
+
 class RSSSampler:
     """Samples every `interval` s the RSS of this process and of every child of the given raylets
     (the Ray worker processes: Train workers, Ray Data tasks, controller actors). Keeps

@@ -17,20 +17,32 @@ Pipelines, each with P = --procs CPU processes doing the per-sample work:
 - decode ceiling: P forked processes doing `decode_jpeg` only over the same JPEG bytes in memory.
 - work ceiling:   P forked processes doing the same per-sample work (decode + json + two views)
                   with no framework, in memory (the most any pipeline could reach).
-Throughput = source images per second (each gives two views). Headline figures are whole-epoch
-rates of the last epoch (warm: the first epoch pays imports and worker start-up; every later epoch
-still pays its own task/worker start, as a real run does). Rates counted from each epoch's first
-batch are in the JSON too, but they flatter a pipeline that runs ahead while the consumer waits
-for its first batch (Ray Data does), so they are not the headline.
+Throughput = source images per second (each gives two views), as whole-epoch rates: every epoch
+pays its own task/worker start, as a real run does. Rates counted from each epoch's first batch are
+in the JSON too, but they flatter a pipeline that runs ahead while the consumer waits for its first
+batch (Ray Data does), so they are not the headline.
+
+Side by side, in alternated rounds: the run is --rounds rounds, each a DataLoader block and a Ray
+block in the order AB, BA, AB, ... Each block runs, per size, one warm-up epoch (the first pays
+imports and worker start) and --epochs timed ones. A Ray block starts a local cluster and shuts it
+down again, so none of Ray's processes run while the DataLoader is timed (they would take CPU from
+it); the DataLoader runs in a helper process of its own (a DataLoader forked from a driver with Ray
+threads is unsafe). `ratio_vs_webdataset` is the median over rounds of Ray Data's rate over the
+DataLoader's rate in the same round: the machine's speed drifts by +-20% within minutes (other
+tenants), and the first version of this script, all DataLoader epochs then all Ray epochs, measured
+the drift as much as the pipelines. `ray_idle_cores` is the CPU Ray's own processes (GCS, raylet,
+dashboard, Train's and Data's actors, idle workers) use while the Train worker waits between epochs:
+Ray's fixed cost, which the DataLoader does not pay.
 Preprocessing batches are sized by output bytes (--block-mb, default 8 MiB: 128 rows at 64 px,
 28 at 224 px): 128 rows of two 224 px views are a 38 MiB block, and with a small object store
 those blocks spill to disk (seen here: restore workers, 224 px at 0.4x of webdataset).
 OMP/BLAS threads are pinned to 1 in every process (Ray does this for 1-CPU tasks; DataLoader
 workers would otherwise let numpy's BLAS spawn threads, over-subscribing the cores).
 
-Memory: the cluster runs with a small object store (--object-store-mb); the 224 px set and a
-set --rss-factor times larger are streamed one after the other, and a sampler records the RSS of
-the driver and of every Ray worker process (children of the raylet) every 0.25 s.
+Memory: the cluster runs with a small object store (--object-store-mb); after the timed epochs of
+the last Ray block, the 224 px set and a set --rss-factor times larger are streamed one after the
+other, and a sampler records the RSS of the driver and of every Ray worker process (children of the
+raylet) every 0.25 s (not during timed epochs: the sampler takes CPU too).
 
     python benchmarks/ingest.py --quick --out results/ingest_quick.json
     python benchmarks/ingest.py --out results/ingest.json
@@ -43,16 +55,20 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # before numpy loads its BLAS
 
 import argparse
+import itertools
 import json
 import multiprocessing as mp
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import RSSSampler, machine, print_table, raylet_pids, start_ray, write_photo_shards, write_report  # noqa: E402
+from _common import (RSSSampler, cpu_seconds, machine, print_table, ray_process_pids, raylet_pids, start_ray,  # noqa: E402
+                     write_photo_shards, write_report)
 
 from contrastlab.platform.config import DataConfig  # noqa: E402
 from contrastlab.platform.data.augment import hflip, moco_v2_view, random_resized_crop, to_chw  # noqa: E402
@@ -136,75 +152,195 @@ class _WdsMap:
         return full_sample(raw, self.fn)
 
 
-def run_webdataset(paths: list[str], fn, batch: int, procs: int, epochs: int) -> list[dict]:
+def make_wds_loader(paths: list[str], fn, batch: int, procs: int):
     import torch
     import webdataset as wds
 
     ds = wds.WebDataset(paths, shardshuffle=False, empty_check=False).map(_WdsMap(fn))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=procs, prefetch_factor=2,
-                                         multiprocessing_context="fork")
-    epochs_out = []
-    for ep in range(epochs):
-        t0 = time.time()
-        first, n, n_first = None, 0, 0
-        for b in loader:
-            k = len(b["index"])
-            n += k
-            if first is None:
-                first, n_first = time.time(), k
-        epochs_out.append({"epoch": ep, "t0": t0, "t_first": first, "t1": time.time(), "samples": n, "first_batch": n_first})
-    return epochs_out
+    return torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=procs, prefetch_factor=2,
+                                       multiprocessing_context="fork")
+
+
+def time_epoch(batches) -> dict:
+    """Wall-clock timings of one pass over an iterable of batches (wall clock: comparable across processes)."""
+    t0 = time.time()
+    first, n, n_first = None, 0, 0
+    for b in batches:
+        k = len(b["index"])
+        n += k
+        if first is None:
+            first, n_first = time.time(), k
+    return {"t0": t0, "t_first": first, "t1": time.time(), "samples": n, "first_batch": n_first}
+
+
+class WebDatasetSide:
+    """The DataLoader pipeline in a fresh process of its own, run one epoch at a time on request, so
+    that its epochs can alternate with Ray Data's in one run. (A DataLoader forked from the driver
+    would inherit Ray's threads and locks once Ray is up.) `sets` maps a name to (shard paths,
+    fn spec), where the spec [module, function, args] names a function of a module in benchmarks/
+    that returns the per-sample fn (the helper builds it itself: fns are closures, not picklable)."""
+
+    def __init__(self, sets: dict[str, tuple[list[str], list]], batch: int, procs: int):
+        config = json.dumps({"sets": sets, "batch": batch, "procs": procs})
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--wds-helper", config],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def epoch(self, name: str) -> dict:
+        self.proc.stdin.write(name + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("EPOCH "):
+                return json.loads(line[len("EPOCH "):])
+        raise RuntimeError(f"the webdataset helper exited ({self.proc.wait()}) during an epoch of {name}")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def wds_helper_main(config_json: str) -> None:
+    import importlib
+
+    config = json.loads(config_json)
+    loaders = {}
+    for name, (paths, (module, function, fn_args)) in config["sets"].items():
+        fn = getattr(importlib.import_module(module), function)(*fn_args)
+        loaders[name] = make_wds_loader(paths, fn, config["batch"], config["procs"])
+    for line in sys.stdin:
+        print("EPOCH " + json.dumps(time_epoch(loaders[line.strip()])), flush=True)
 
 
 # --------------------------------------------------------------------------- Ray Data -> Train worker
 def ingest_loop(config: dict) -> None:
-    """The Train worker: iterate each dataset as `train_loop_per_worker` does, record timings."""
-    import time as _time
-
+    """The Train worker: iterates one epoch of a dataset, as `train_loop_per_worker` does, each time the
+    driver asks (a `go_K` file naming the dataset; `stop` ends), and writes its timings to `done_K.json`."""
     import ray.train
 
-    out = []
-    for name, epochs in config["plan"]:
-        shard = ray.train.get_dataset_shard(name)
-        for ep in range(epochs):
-            t0 = _time.time()
-            first, n, n_first = None, 0, 0
-            for b in shard.iter_torch_batches(batch_size=config["batch"], prefetch_batches=config.get("prefetch", 2), device="cpu"):
-                k = len(b["index"])
-                n += k
-                if first is None:
-                    first, n_first = _time.time(), k
-            out.append({"dataset": name, "epoch": ep, "t0": t0, "t_first": first, "t1": _time.time(), "samples": n, "first_batch": n_first})
-    with open(config["out"], "w") as fh:
-        json.dump(out, fh)
+    control = config["control"]
+    shards = {name: ray.train.get_dataset_shard(name) for name in config["datasets"]}
+    for k in itertools.count():
+        go = os.path.join(control, f"go_{k}")
+        while not os.path.exists(go):
+            time.sleep(0.02)
+        with open(go) as fh:
+            name = fh.read().strip()
+        if name == "stop":
+            return
+        e = time_epoch(shards[name].iter_torch_batches(batch_size=config["batch"], prefetch_batches=config["prefetch"], device="cpu"))
+        _write_atomic(os.path.join(control, f"done_{k}.json"), json.dumps({"dataset": name, **e}))
 
 
-def run_ray(sets: dict, plan: list, batch: int, map_batch: dict, data_cpus: float, storage: str,
-            required: tuple[str, ...] = ("jpg", "json"), prefetch: int = DataConfig.prefetch_batches,
-            task_buffer_mb: float = DataConfig.task_output_buffer_mb) -> list[dict]:
-    import ray.train
-    from ray.train.torch import TorchTrainer
+def _write_atomic(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as fh:
+        fh.write(text)
+    os.replace(path + ".tmp", path)
 
-    from contrastlab.platform.data.reader import build_dataset
-    from contrastlab.platform.data.split import TrainEqualEvalCompleteConfig
 
-    datasets = {name: build_dataset(paths, fn, required=required, split="train", cpus=data_cpus, batch_size=map_batch[name],
-                                    task_output_buffer_mb=task_buffer_mb)
-                for name, (paths, fn) in sets.items()}
-    out_file = os.path.join(storage, "ray_epochs.json")
-    trainer = TorchTrainer(
-        ingest_loop,
-        train_loop_config={"plan": plan, "batch": batch, "out": out_file, "prefetch": prefetch},
-        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-        run_config=ray.train.RunConfig(name="ingest", storage_path=storage),
-        datasets=datasets,
-        dataset_config=TrainEqualEvalCompleteConfig(tuple(datasets)),  # as the platform splits its train set
-    )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    with open(out_file) as fh:
-        return json.load(fh)
+class RaySide:
+    """One TorchTrainer (1 worker, 1 CPU) over the platform's `reader.build_dataset` datasets
+    (`sets`: name -> (shard paths, per-sample fn)), kept running in a driver thread and asked for one
+    epoch at a time."""
+
+    def __init__(self, sets: dict, batch: int, map_batch: dict, data_cpus: float, storage: str,
+                 required: tuple[str, ...] = ("jpg", "json"), prefetch: int = DataConfig.prefetch_batches,
+                 task_buffer_mb: float = DataConfig.task_output_buffer_mb, required_of: dict | None = None):
+        import ray.train
+        from ray.train.torch import TorchTrainer
+
+        from contrastlab.platform.data.reader import build_dataset
+        from contrastlab.platform.data.split import TrainEqualEvalCompleteConfig
+
+        datasets = {name: build_dataset(paths, fn, required=(required_of or {}).get(name, required), split="train", cpus=data_cpus,
+                                        batch_size=map_batch[name], task_output_buffer_mb=task_buffer_mb)
+                    for name, (paths, fn) in sets.items()}
+        os.makedirs(storage, exist_ok=True)
+        self.control = tempfile.mkdtemp(prefix="control_", dir=storage)  # fresh: stale done_K files would answer for the worker
+        self.k, self.outcome = 0, {}
+        self.trainer = TorchTrainer(
+            ingest_loop,
+            train_loop_config={"datasets": list(datasets), "batch": batch, "control": self.control, "prefetch": prefetch},
+            scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+            run_config=ray.train.RunConfig(name="ingest", storage_path=storage),
+            datasets=datasets,
+            dataset_config=TrainEqualEvalCompleteConfig(tuple(datasets)),  # as the platform splits its train set
+        )
+        self.thread = threading.Thread(target=self._fit, daemon=True)
+        self.thread.start()
+
+    def _fit(self) -> None:
+        try:
+            self.outcome["error"] = self.trainer.fit().error
+        except BaseException as exc:  # noqa: BLE001 - reported by epoch()/close()
+            self.outcome["error"] = exc
+
+    def _ask(self, name: str) -> None:
+        _write_atomic(os.path.join(self.control, f"go_{self.k}"), name)
+
+    def epoch(self, name: str, timeout: float = 900.0) -> dict:
+        self._ask(name)
+        done, t0 = os.path.join(self.control, f"done_{self.k}.json"), time.time()
+        while not os.path.exists(done):
+            if not self.thread.is_alive() or time.time() - t0 > timeout:
+                raise RuntimeError(f"the Train worker stopped before finishing an epoch of {name}: {self.outcome.get('error')!r}")
+            time.sleep(0.02)
+        self.k += 1
+        with open(done) as fh:
+            return json.load(fh)
+
+    def close(self) -> None:
+        self._ask("stop")
+        self.thread.join(timeout=300)
+        if self.outcome.get("error"):
+            raise self.outcome["error"]
+
+
+def ray_block(sets: dict, names: list[str], epochs: int, storage: str, *, cpus: int, object_store_mb: int, dashboard: bool = True,
+              memory_sets: tuple[str, ...] = (), **side_kwargs) -> dict:
+    """Start a local cluster, run a warm-up epoch and `epochs` timed epochs of each named set through
+    Ray Data into one Train worker (`RaySide(sets, **side_kwargs)`), and shut the cluster down, so that
+    none of Ray's processes run while the DataLoader is timed. With `memory_sets`, then stream each of
+    them once more under the RSS sampler, after measuring the CPU Ray's processes use while the Train
+    worker waits (Ray's fixed cost)."""
+    import ray
+
+    start_ray(cpus, object_store_mb, dashboard=dashboard)
+    side = RaySide(sets, storage=storage, **side_kwargs)
+    out = {name: [side.epoch(name) for _ in range(1 + epochs)] for name in names}
+    if memory_sets:
+        time.sleep(2)
+        pids = ray_process_pids()
+        c0, t0 = cpu_seconds(pids), time.time()
+        time.sleep(5)
+        out["idle_cores"] = (cpu_seconds(pids) - c0) / (time.time() - t0)
+        with RSSSampler(raylet_pids()) as sampler:
+            out["memory_epochs"] = {name: side.epoch(name) for name in memory_sets}
+        out["sampler"] = sampler
+    side.close()
+    ray.shutdown()
+    return out
+
+
+def wds_block(wds_side: WebDatasetSide, names: list[str], epochs: int) -> dict:
+    return {name: [wds_side.epoch(name) for _ in range(1 + epochs)] for name in names}
+
+
+def alternated_rounds(rounds: int, run_ray_block, run_wds_block, names: list[str]) -> list[dict]:
+    """`rounds` rounds of a DataLoader block and a Ray block, in the order AB, BA, AB, ... so that a
+    drift in the machine's speed weighs on both pipelines alike. Prints each round's median rates."""
+    blocks = []
+    for i in range(rounds):
+        block = {}
+        for side in (("webdataset", "ray") if i % 2 == 0 else ("ray", "webdataset")):
+            block[side] = run_ray_block(i) if side == "ray" else run_wds_block(i)
+        blocks.append(block)
+        print(f"round {i + 1}/{rounds}: " + ", ".join(
+            f"{n} ray {median_rate(block['ray'][n]):.1f} / webdataset {median_rate(block['webdataset'][n]):.1f} per s" for n in names), flush=True)
+    return blocks
+
+
+def median_rate(block_epochs: list[dict]) -> float:
+    """The median whole-epoch rate of a block's timed epochs (its first epoch is the warm-up)."""
+    return float(np.median([rates(e)["epoch_images_per_s"] for e in block_epochs[1:]]))
 
 
 def rates(e: dict) -> dict:
@@ -236,15 +372,34 @@ def rss_roles(peaks: dict, sampler: RSSSampler, t0: float, t1: float) -> dict:
     return roles
 
 
+def summarize(r: dict, blocks: list[dict], name: str) -> None:
+    """Headline figures of one set: in each round, each pipeline's median timed epoch rate; the ratio
+    is the median over rounds of Ray Data's rate over the DataLoader's in the same round."""
+    r["rounds"] = [{side: [rates(e) for e in b[side][name]] for side in ("ray", "webdataset")} for b in blocks]
+    ray_rates, wds_rates = [median_rate(b["ray"][name]) for b in blocks], [median_rate(b["webdataset"][name]) for b in blocks]
+    r["ratio_rounds"] = [a / b for a, b in zip(ray_rates, wds_rates)]
+    r["ratio_vs_webdataset"] = float(np.median(r["ratio_rounds"]))
+    r["ray_images_per_s_median"] = ray_rate = float(np.median(ray_rates))
+    r["webdataset_images_per_s_median"] = wds_rate = float(np.median(wds_rates))
+    r["ratio_of_medians"] = ray_rate / wds_rate
+    if "decode_ceiling_images_per_s" in r:
+        r["ratio_vs_decode_ceiling"] = ray_rate / r["decode_ceiling_images_per_s"]
+    r["ratio_vs_work_ceiling"] = ray_rate / r["work_ceiling_images_per_s"]
+    r["webdataset_vs_work_ceiling"] = wds_rate / r["work_ceiling_images_per_s"]
+
+
 def main() -> None:
     global _RAW, _FN
+    if len(sys.argv) == 3 and sys.argv[1] == "--wds-helper":
+        return wds_helper_main(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out")
     ap.add_argument("--views", choices=("moco", "crop"), default="moco")
     ap.add_argument("--procs", type=int, default=2, help="CPU processes doing per-sample work in every pipeline")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--epochs", type=int, default=0, help="epochs per pipeline (0: 2 quick, 3 full)")
+    ap.add_argument("--rounds", type=int, default=0, help="alternated rounds, each a DataLoader block and a Ray block (0: 3 quick, 4 full)")
+    ap.add_argument("--epochs", type=int, default=0, help="timed epochs per size in each block, after one warm-up epoch (0: 1 quick, 2 full)")
     ap.add_argument("--object-store-mb", type=int, default=256)
     ap.add_argument("--rss-factor", type=int, default=4, help="the large RSS set is this many times the 224 px set")
     ap.add_argument("--ray-prefetch", type=int, default=DataConfig.prefetch_batches,
@@ -259,10 +414,11 @@ def main() -> None:
                     help="CPUs per Ray Data task (1.0: --procs tasks at a time; the platform default 0.5 runs 2x--procs)")
     args = ap.parse_args()
     n64, n224 = (1500, 400) if args.quick else (8000, 2000)
-    epochs = args.epochs or (2 if args.quick else 3)
+    rounds = args.rounds or (3 if args.quick else 4)
+    epochs = args.epochs or (1 if args.quick else 2)
     work = tempfile.mkdtemp(prefix="bench_ingest_")
     report = {"benchmark": "ingest", "quick": args.quick, "machine": machine(), "settings": {
-        "views": args.views, "procs": args.procs, "batch": args.batch, "epochs": epochs, "object_store_mb": args.object_store_mb,
+        "views": args.views, "procs": args.procs, "batch": args.batch, "rounds": rounds, "epochs": epochs, "object_store_mb": args.object_store_mb,
         "images": {"64": n64, "224": n224}, "rss_factor": args.rss_factor,
         "ray_prefetch": args.ray_prefetch, "task_buffer_mb": args.task_buffer_mb}}
     print(f"load average {os.getloadavg()}; shards in {work}")
@@ -274,8 +430,8 @@ def main() -> None:
                              per_shard=max(1, n224 * args.rss_factor // (2 * args.procs)), seed=999)
     fns = {s: make_sample_fn(args.views, s) for s in sizes}
 
-    rows, results = [], {}
-    for s in sizes:
+    results = {}
+    for s in sizes:  # the ceilings fork from this process, so they run before Ray starts
         _RAW, _FN = read_raw(shards[s]), fns[s]
         n = len(_RAW)
         results[s] = {
@@ -283,9 +439,6 @@ def main() -> None:
             "work_ceiling_images_per_s": pool_rate(_work_range, n, args.procs, repeats=2),
             "jpeg_kib_mean": float(np.mean([len(r["jpg"]) for r in _RAW]) / 1024),
         }
-        wds_epochs = run_webdataset(shards[s], fns[s], args.batch, args.procs, epochs)
-        results[s]["webdataset"] = [rates(e) for e in wds_epochs]
-        print(f"{s}px: ceilings done, webdataset {results[s]['webdataset'][-1]['epoch_images_per_s']:.0f} images/s")
     _RAW = []
 
     def rows_for(size):  # preprocessing batch rows so that one output block is about --block-mb
@@ -295,44 +448,39 @@ def main() -> None:
     map_batch = {"s64": rows_for(64), "s224": rows_for(224), "big224": rows_for(224)}
     report["settings"]["map_batch_rows"] = map_batch
     report["settings"]["data_cpus"] = args.data_cpus
-    start_ray(args.procs + 1, args.object_store_mb, dashboard=not args.no_dashboard)
     sets = {f"s{s}": (shards[s], fns[s]) for s in sizes}
     sets["big224"] = (big, fns[224])
-    plan = [(f"s{s}", epochs) for s in sizes] + [("big224", 1)]
-    with RSSSampler(raylet_pids()) as sampler:
-        ray_epochs = run_ray(sets, plan, args.batch, map_batch, args.data_cpus, os.path.join(work, "ray"), prefetch=args.ray_prefetch,
-                             task_buffer_mb=args.task_buffer_mb)
-    import ray
-
-    ray.shutdown()
-
+    names = [f"s{s}" for s in sizes]
+    wds_side = WebDatasetSide({f"s{s}": (shards[s], ["ingest", "make_sample_fn", [args.views, s]]) for s in sizes}, args.batch, args.procs)
+    side_kwargs = {"batch": args.batch, "map_batch": map_batch, "data_cpus": args.data_cpus, "prefetch": args.ray_prefetch,
+                   "task_buffer_mb": args.task_buffer_mb}
+    blocks = alternated_rounds(
+        rounds,
+        lambda i: ray_block(sets, names, epochs, os.path.join(work, f"ray{i}"), cpus=args.procs + 1, object_store_mb=args.object_store_mb,
+                            dashboard=not args.no_dashboard, memory_sets=("s224", "big224") if i == rounds - 1 else (), **side_kwargs),
+        lambda i: wds_block(wds_side, names, epochs), names)
+    wds_side.close()
     for s in sizes:
-        mine = [e for e in ray_epochs if e["dataset"] == f"s{s}"]
-        r = results[s]
-        r["ray"] = [rates(e) for e in mine]
-        ray_rate, wds_rate = r["ray"][-1]["epoch_images_per_s"], r["webdataset"][-1]["epoch_images_per_s"]
-        r["ratio_vs_webdataset"] = ray_rate / wds_rate
-        r["ratio_vs_decode_ceiling"] = ray_rate / r["decode_ceiling_images_per_s"]
-        r["ratio_vs_work_ceiling"] = ray_rate / r["work_ceiling_images_per_s"]
-        r["webdataset_vs_work_ceiling"] = wds_rate / r["work_ceiling_images_per_s"]
-        rows.append({"size": f"{s}px", "images": sizes[s], "ray img/s": ray_rate, "wds img/s": wds_rate,
-                     "decode ceil": r["decode_ceiling_images_per_s"], "work ceil": r["work_ceiling_images_per_s"],
-                     "ray/wds": r["ratio_vs_webdataset"], "ray/decode": r["ratio_vs_decode_ceiling"],
-                     "ray/work": r["ratio_vs_work_ceiling"], "wds/work": r["webdataset_vs_work_ceiling"]})
-    print()
-    print_table(rows, ["size", "images", "ray img/s", "wds img/s", "decode ceil", "work ceil", "ray/wds", "ray/decode", "ray/work", "wds/work"])
+        summarize(results[s], blocks, f"s{s}")
+    last = blocks[-1]["ray"]
+    report["ray_idle_cores"] = last["idle_cores"]
 
-    # memory: the whole s224 phase (all epochs) vs the big set's epoch
-    windows = {}
-    for name in ("s224", "big224"):
-        mine = [e for e in ray_epochs if e["dataset"] == name]
-        windows[name] = (mine[0]["t0"], mine[-1]["t1"])
+    rows = [{"size": f"{s}px", "images": sizes[s], "ray img/s": r["ray_images_per_s_median"], "wds img/s": r["webdataset_images_per_s_median"],
+             "decode ceil": r["decode_ceiling_images_per_s"], "work ceil": r["work_ceiling_images_per_s"],
+             "ray/wds": r["ratio_vs_webdataset"], "per round": " ".join(f"{x:.2f}" for x in r["ratio_rounds"]),
+             "ray/decode": r["ratio_vs_decode_ceiling"], "ray/work": r["ratio_vs_work_ceiling"],
+             "wds/work": r["webdataset_vs_work_ceiling"]} for s, r in results.items()]
+    print()
+    print_table(rows, list(rows[0]))
+    print(f"Ray's processes while the Train worker waits between epochs: {report['ray_idle_cores']:.3f} cores")
+
+    # memory: one more epoch of the 224 px set vs one of the large set, in the last Ray block
     view_bytes = 2 * 3 * 224 * 224
     mem = {"object_store_mb": args.object_store_mb, "sets": {}}
-    for name, (t0, t1) in windows.items():
-        n = sum(e["samples"] for e in ray_epochs if e["dataset"] == name and e["epoch"] == 0)
-        mem["sets"][name] = {"images": n, "preprocessed_mib": n * view_bytes / 2**20,
-                             "peak_rss_mib": rss_roles(sampler.peaks(t0, t1), sampler, t0, t1)}
+    sampler = last["sampler"]
+    for name, e in last["memory_epochs"].items():
+        mem["sets"][name] = {"images": e["samples"], "preprocessed_mib": e["samples"] * view_bytes / 2**20,
+                             "peak_rss_mib": rss_roles(sampler.peaks(e["t0"], e["t1"]), sampler, e["t0"], e["t1"])}
     small, large = mem["sets"]["s224"]["peak_rss_mib"], mem["sets"]["big224"]["peak_rss_mib"]
     mem["growth_ratio_large_vs_small"] = {k: large[k] / small[k] for k in large if small.get(k)}
     mrows = [{"process": k, f"s224 ({mem['sets']['s224']['preprocessed_mib']:.0f} MiB out)": small.get(k),
@@ -343,9 +491,8 @@ def main() -> None:
 
     report["results"] = {f"{s}px": results[s] for s in sizes}
     report["memory"] = mem
-    report["ratio_vs_webdataset"] = {f"{s}px": results[s]["ratio_vs_webdataset"] for s in sizes}
-    report["ratio_vs_decode_ceiling"] = {f"{s}px": results[s]["ratio_vs_decode_ceiling"] for s in sizes}
-    report["ratio_vs_work_ceiling"] = {f"{s}px": results[s]["ratio_vs_work_ceiling"] for s in sizes}
+    for key in ("ratio_vs_webdataset", "ratio_rounds", "ratio_vs_decode_ceiling", "ratio_vs_work_ceiling"):
+        report[key] = {f"{s}px": results[s][key] for s in sizes}
     write_report(args.out, report)
 
 

@@ -6,8 +6,9 @@ per-sample work with the same number of CPU processes, and against that work in 
 The per-sample work is the method's own training preprocessing (`make_preprocess(cfg, "train",
 meta)`) on its embedded dataset's shards (FAME: `moving-shapes`; SCALE: `fashion-products`), so
 this measures exactly what `sweeps/fame.py` and `sweeps/scale.py` ingest. The pipelines and the
-timing rules are those of `ingest.py` (whole-epoch rates of the last epoch; 1 CPU per Ray Data
-task; preprocessing blocks of about --block-mb).
+timing rules are those of `ingest.py`: alternated rounds of a DataLoader block and a Ray block (a
+cluster started and stopped per block), whole-epoch rates after a warm-up epoch, the ratio being the
+median over rounds; 1 CPU per Ray Data task; preprocessing blocks of about --block-mb.
 
     python benchmarks/media_ingest.py --quick --out results/media_ingest_quick.json
     python benchmarks/media_ingest.py --out results/media_ingest.json
@@ -22,13 +23,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ingest  # noqa: E402
-from _common import machine, print_table, start_ray, write_report  # noqa: E402
+from _common import machine, print_table, write_report  # noqa: E402
 
 WORKLOADS = {
     # workload: (method, embedded params for --quick, for the full run, unit)
@@ -51,6 +51,11 @@ def workload_inputs(workload: str, quick: bool):
     return plan.train, fn, tuple(required)
 
 
+def workload_fn(workload: str, quick: bool):
+    """The workload's per-sample fn (for the DataLoader helper process, which builds its own)."""
+    return workload_inputs(workload, quick)[1]
+
+
 def row_bytes(raw: dict, fn) -> int:
     out = ingest.full_sample(raw, fn)
     return sum(np.asarray(v).nbytes for v in out.values())
@@ -63,51 +68,49 @@ def main() -> None:
     ap.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=sorted(WORKLOADS))
     ap.add_argument("--procs", type=int, default=2, help="CPU processes doing per-sample work in every pipeline")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=0, help="epochs per pipeline (0: 2 quick, 3 full)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternated rounds, each a DataLoader block and a Ray block")
+    ap.add_argument("--epochs", type=int, default=0, help="timed epochs per workload in each block, after a warm-up epoch (0: 1 quick, 2 full)")
     ap.add_argument("--block-mb", type=float, default=8.0)
     ap.add_argument("--object-store-mb", type=int, default=512)
     args = ap.parse_args()
-    epochs = args.epochs or (2 if args.quick else 3)
+    epochs = args.epochs or (1 if args.quick else 2)
     report = {"benchmark": "media_ingest", "quick": args.quick, "machine": machine(),
-              "settings": {"procs": args.procs, "batch": args.batch, "epochs": epochs, "block_mb": args.block_mb,
+              "settings": {"procs": args.procs, "batch": args.batch, "rounds": args.rounds, "epochs": epochs, "block_mb": args.block_mb,
                            "object_store_mb": args.object_store_mb}, "results": {}}
     print(f"load average {os.getloadavg()}")
-    inputs, rows = {}, []
-    for w in args.workloads:
+    sets, required_of, map_batch, rows = {}, {}, {}, []
+    for w in args.workloads:  # the work ceilings fork from this process, so they run before Ray starts
         paths, fn, required = workload_inputs(w, args.quick)
         raw = ingest.read_raw(paths)
         per_row = row_bytes(raw[0], fn)
-        map_rows = max(4, min(args.batch, int(args.block_mb * 2**20 // per_row)))
+        map_batch[w] = max(4, min(args.batch, int(args.block_mb * 2**20 // per_row)))
         ingest._RAW, ingest._FN = raw, fn
         work = ingest.pool_rate(ingest._work_range, len(raw), args.procs, repeats=2)
-        wds = ingest.run_webdataset(paths, fn, args.batch, args.procs, epochs)
-        inputs[w] = (paths, fn, required, map_rows)
+        sets[w], required_of[w] = (paths, fn), required
         report["results"][w] = {"method": WORKLOADS[w][0], "samples": len(raw), "shards": len(paths), "row_bytes": per_row,
-                                "map_rows": map_rows, "work_ceiling_per_s": work, "webdataset": [ingest.rates(e) for e in wds]}
-        print(f"{w}: {len(raw)} {WORKLOADS[w][3]} in {len(paths)} shards, work ceiling {work:.1f}/s, "
-              f"webdataset {report['results'][w]['webdataset'][-1]['epoch_images_per_s']:.1f}/s")
+                                "map_rows": map_batch[w], "work_ceiling_images_per_s": work}
+        print(f"{w}: {len(raw)} {WORKLOADS[w][3]} in {len(paths)} shards, work ceiling {work:.1f}/s")
     ingest._RAW = []
 
-    start_ray(args.procs + 1, args.object_store_mb)
+    names = list(sets)
+    wds_side = ingest.WebDatasetSide({w: (sets[w][0], ["media_ingest", "workload_fn", [w, args.quick]]) for w in names},
+                                     args.batch, args.procs)
     storage = tempfile.mkdtemp(prefix="bench_media_ingest_")
-    for w, (paths, fn, required, map_rows) in inputs.items():
-        t0 = time.time()
-        epochs_out = ingest.run_ray({w: (paths, fn)}, [(w, epochs)], args.batch, {w: map_rows}, 1.0,
-                                    os.path.join(storage, w), required=required)
+    blocks = ingest.alternated_rounds(
+        args.rounds,
+        lambda i: ingest.ray_block(sets, names, epochs, os.path.join(storage, f"ray{i}"), cpus=args.procs + 1,
+                                   object_store_mb=args.object_store_mb, batch=args.batch, map_batch=map_batch, data_cpus=1.0,
+                                   required_of=required_of),
+        lambda i: ingest.wds_block(wds_side, names, epochs), names)
+    wds_side.close()
+    for w in names:
         r = report["results"][w]
-        r["ray"] = [ingest.rates(e) for e in epochs_out]
-        r["ray_fit_s"] = time.time() - t0
-        ray_rate, wds_rate = r["ray"][-1]["epoch_images_per_s"], r["webdataset"][-1]["epoch_images_per_s"]
-        r["ratio_vs_webdataset"] = ray_rate / wds_rate
-        r["ratio_vs_work_ceiling"] = ray_rate / r["work_ceiling_per_s"]
-        r["webdataset_vs_work_ceiling"] = wds_rate / r["work_ceiling_per_s"]
+        ingest.summarize(r, blocks, w)
         rows.append({"workload": f"{w} ({WORKLOADS[w][0]})", "unit": WORKLOADS[w][3], "samples": r["samples"],
-                     "ray /s": ray_rate, "wds /s": wds_rate, "work ceil /s": r["work_ceiling_per_s"],
-                     "ray/wds": r["ratio_vs_webdataset"], "ray/work": r["ratio_vs_work_ceiling"],
+                     "ray /s": r["ray_images_per_s_median"], "wds /s": r["webdataset_images_per_s_median"],
+                     "work ceil /s": r["work_ceiling_images_per_s"], "ray/wds": r["ratio_vs_webdataset"],
+                     "per round": " ".join(f"{x:.2f}" for x in r["ratio_rounds"]), "ray/work": r["ratio_vs_work_ceiling"],
                      "wds/work": r["webdataset_vs_work_ceiling"]})
-    import ray
-
-    ray.shutdown()
     print()
     print_table(rows, list(rows[0]))
     report["table"] = rows
