@@ -238,19 +238,19 @@ def _write_atomic(path: str, text: str) -> None:
 
 class RaySide:
     """One TorchTrainer (1 worker, 1 CPU) over the platform's `reader.build_dataset` datasets
-    (`sets`: name -> (shard paths, per-sample fn)), kept running in a driver thread and asked for one
-    epoch at a time."""
+    (`sets`: name -> (shard paths, per-sample fn); `required_of`: name -> required members, default
+    jpg + json), kept running in a driver thread and asked for one epoch at a time."""
 
     def __init__(self, sets: dict, batch: int, map_batch: dict, data_cpus: float, storage: str,
-                 required: tuple[str, ...] = ("jpg", "json"), prefetch: int = DataConfig.prefetch_batches,
-                 task_buffer_mb: float = DataConfig.task_output_buffer_mb, required_of: dict | None = None):
+                 prefetch: int = DataConfig.prefetch_batches, task_buffer_mb: float = DataConfig.task_output_buffer_mb,
+                 required_of: dict | None = None):
         import ray.train
         from ray.train.torch import TorchTrainer
 
         from contrastlab.platform.data.reader import build_dataset
         from contrastlab.platform.data.split import TrainEqualEvalCompleteConfig
 
-        datasets = {name: build_dataset(paths, fn, required=(required_of or {}).get(name, required), split="train", cpus=data_cpus,
+        datasets = {name: build_dataset(paths, fn, required=(required_of or {}).get(name, ("jpg", "json")), split="train", cpus=data_cpus,
                                         batch_size=map_batch[name], task_output_buffer_mb=task_buffer_mb)
                     for name, (paths, fn) in sets.items()}
         os.makedirs(storage, exist_ok=True)
