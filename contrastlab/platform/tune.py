@@ -2,8 +2,11 @@
 `Tuner(trainer)` is gone; a function trainable builds the trainer, ray-notes §2).
 
 - Search space: the method's `search_space()` (keys `section.field`), applied as config overrides.
-- Scheduler: ASHA on the method's evaluation metric, `time_attr="training_iteration"` (= epochs,
-  one report per epoch); PBT selectable (`--scheduler pbt`), FIFO for plain grids.
+- Scheduler: ASHA on the method's evaluation metric, `time_attr="epoch"` (the epoch the Train loop
+  reports, fractional for mid-epoch checkpoints); PBT selectable (`--scheduler pbt`), FIFO for plain grids.
+  Not Tune's `training_iteration`: that counts reports, so mid-epoch checkpoints inflate it, and it
+  starts again at 1 when Tune restarts a trial (say after losing its node) whose Train run then
+  resumes at a later epoch from its own checkpoint.
 - Each trial's Train run is named after the trial id (stable): a restarted trial resumes its run.
 - `resume=True` restores an interrupted sweep with `Tuner.restore`: finished trials are not rerun,
   errored/unfinished ones resume from their last checkpoint.
@@ -66,10 +69,12 @@ def build_scheduler(kind: str, metric: str, mode: str, max_t: int, search_space:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     if kind == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=1, reduction_factor=2)
+        return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=1, reduction_factor=2)
     if kind == "pbt":
         mutations = {k: v for k, v in search_space.items() if hasattr(v, "sample")}
-        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1, hyperparam_mutations=mutations)
+        # require_attrs=False: the one result without "epoch" is a trial's final non-finite-loss stop report
+        return PopulationBasedTraining(time_attr="epoch", perturbation_interval=1, hyperparam_mutations=mutations,
+                                       require_attrs=False)
     if kind == "fifo":
         return FIFOScheduler()
     raise ValueError(f"unknown scheduler {kind!r}: use asha, pbt or fifo")
@@ -135,6 +140,19 @@ def run_sweep(
     return summarise(results, metric, mode, exp_dir, experiment=exp)
 
 
+def epochs_reached(result) -> float | int | None:
+    """The furthest epoch a trial's Train loop reported, over all its results (a restarted trial's
+    history included; its last result may be a non-finite-loss stop report without an epoch)."""
+    frame = getattr(result, "metrics_dataframe", None)
+    epochs = [] if frame is None or "epoch" not in frame else [e for e in frame["epoch"].tolist() if e == e]
+    epochs.append((result.metrics or {}).get("epoch"))
+    epochs = [e for e in epochs if isinstance(e, (int, float))]
+    if not epochs:
+        return None
+    furthest = max(epochs)
+    return int(furthest) if float(furthest).is_integer() else furthest
+
+
 def summarise(results, metric: str, mode: str, exp_dir: str, experiment: Experiment | None = None) -> dict:
     """Print the trial table and write best.json into the experiment folder."""
     rows = []
@@ -143,7 +161,7 @@ def summarise(results, metric: str, mode: str, exp_dir: str, experiment: Experim
         m = r.metrics or {}
         rows.append({"trial": os.path.basename(r.path or ""),
                      "status": "ERROR" if r.error else ("STOPPED" if m.get("stopped_reason") else "OK"),
-                     "epochs": m.get("training_iteration"), metric: m.get(metric), **cfg,
+                     "epochs": epochs_reached(r), metric: m.get(metric), **cfg,
                      "error": str(r.error).splitlines()[0][:120] if r.error else m.get("stopped_reason", "")})
     keys = list(dict.fromkeys(k for row in rows for k in row))
     print("\n" + " | ".join(keys))
