@@ -54,6 +54,19 @@ def checkpoint_metas(run_dir):
     return out
 
 
+def registered_checkpoint(run_dirs):
+    """Whether Ray Train has committed a checkpoint to the snapshot of a Train run (`run_dirs` may be a
+    glob over runs): the snapshot is what a restore reads. A checkpoint directory can already be
+    complete in storage before that; a kill then restarts from the previous one, as it should."""
+    for snapshot in glob.glob(os.path.join(run_dirs, "checkpoint_manager_snapshot.json")):
+        try:
+            if "checkpoint_" in open(snapshot).read():
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def alive_train_workers():
     """(pid, node id) of this cluster's live Ray Train worker actors, from Ray's state API."""
     import ray

@@ -11,22 +11,11 @@ import time
 
 import pytest
 
-from reliability_helpers import tiny_experiment
+from reliability_helpers import registered_checkpoint, tiny_experiment
 
 RESUMED = "resumed from checkpoint: epoch"
 
 pytestmark = pytest.mark.slow
-
-
-def _registered_checkpoint(train_runs):
-    """A checkpoint Ray Train has committed to its snapshot (what a restore reads) under any run."""
-    for snapshot in glob.glob(os.path.join(train_runs, "*", "checkpoint_manager_snapshot.json")):
-        try:
-            if "checkpoint_" in open(snapshot).read():
-                return True
-        except OSError:
-            pass
-    return False
 
 
 def _trial_actors():
@@ -77,7 +66,7 @@ def test_killed_trial_restarts_and_its_run_resumes(ray_cluster, tmp_path):
     def killer():
         t0 = time.time()
         while time.time() - t0 < 600 and "pid" not in killed:
-            if _registered_checkpoint(os.path.join(storage, name, "train_runs")):
+            if registered_checkpoint(os.path.join(storage, name, "train_runs", "*")):
                 actors = _trial_actors()
                 if actors:
                     killed["pid"], killed["title"] = actors[0]

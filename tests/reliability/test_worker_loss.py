@@ -8,20 +8,9 @@ import time
 
 import pytest
 
-from reliability_helpers import alive_train_workers, checkpoint_metas, tiny_experiment, worker_logs
+from reliability_helpers import alive_train_workers, checkpoint_metas, registered_checkpoint, tiny_experiment, worker_logs
 
 pytestmark = pytest.mark.slow
-
-
-def _registered_checkpoints(run_dir):
-    """Checkpoints Ray Train has committed (listed in its snapshot, which is what a restore reads).
-    A checkpoint directory can already be complete in storage before that: a kill then restarts
-    from the previous one, as it should."""
-    snapshot = os.path.join(run_dir, "checkpoint_manager_snapshot.json")
-    try:
-        return "checkpoint_" in open(snapshot).read()
-    except OSError:
-        return False
 
 
 def test_killed_train_worker_restores_from_checkpoint_and_finishes(ray_cluster, tmp_path):
@@ -34,7 +23,7 @@ def test_killed_train_worker_restores_from_checkpoint_and_finishes(ray_cluster, 
     def killer():
         t0 = time.time()
         while time.time() - t0 < 600 and "pid" not in killed:
-            if _registered_checkpoints(os.path.join(storage, name)):
+            if registered_checkpoint(os.path.join(storage, name)):
                 try:
                     workers = alive_train_workers()
                 except Exception as exc:  # noqa: BLE001 - keep trying; the state API can time out under load
