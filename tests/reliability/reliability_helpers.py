@@ -67,6 +67,33 @@ def registered_checkpoint(run_dirs):
     return False
 
 
+def kill_once_checkpointed(run_dirs, find, timeout=600):
+    """Start a thread that waits for a registered checkpoint under `run_dirs` (a glob allowed), then
+    SIGKILLs the first process `find()` lists as (pid, label). Returns the dict it fills: `pid` and
+    `label` of the killed process, `errors` from `find` (the state API can time out under load)."""
+    import threading
+
+    killed: dict = {}
+
+    def killer():
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if registered_checkpoint(run_dirs):
+                try:
+                    found = find()
+                except Exception as exc:  # noqa: BLE001 - keep trying
+                    killed.setdefault("errors", []).append(repr(exc))
+                    found = []
+                if found:
+                    killed["pid"], killed["label"] = found[0]
+                    os.kill(found[0][0], signal.SIGKILL)  # a real process death, mid-run
+                    return
+            time.sleep(0.5)
+
+    threading.Thread(target=killer, daemon=True).start()
+    return killed
+
+
 def alive_train_workers():
     """(pid, node id) of this cluster's live Ray Train worker actors, from Ray's state API."""
     import ray

@@ -5,13 +5,10 @@ summary reports the epoch the trial reached (3), not Tune's `training_iteration`
 with the new attempt (here 2: epochs 2 and 3)."""
 import glob
 import os
-import signal
-import threading
-import time
 
 import pytest
 
-from reliability_helpers import registered_checkpoint, tiny_experiment
+from reliability_helpers import kill_once_checkpointed, tiny_experiment
 
 RESUMED = "resumed from checkpoint: epoch"
 
@@ -61,25 +58,10 @@ def test_killed_trial_restarts_and_its_run_resumes(ray_cluster, tmp_path):
 
     storage, name = str(tmp_path / "sweeps"), "trialloss"
     exp = tiny_experiment(tmp_path, "train.epochs=3", "run.cpus_per_worker=1", "data.preprocess_cpus=0.5")
-    killed = {}
-
-    def killer():
-        t0 = time.time()
-        while time.time() - t0 < 600 and "pid" not in killed:
-            if registered_checkpoint(os.path.join(storage, name, "train_runs", "*")):
-                actors = _trial_actors()
-                if actors:
-                    killed["pid"], killed["title"] = actors[0]
-                    os.kill(actors[0][0], signal.SIGKILL)
-                    return
-            time.sleep(0.5)
-
     resumes_before = _resume_lines()
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    killed = kill_once_checkpointed(os.path.join(storage, name, "train_runs", "*"), _trial_actors)
     summary = run_sweep(exp, name=name, storage=storage, num_samples=1, max_concurrent=1, search_space={},
                         max_trial_failures=1)
-    thread.join(1)
     assert "pid" in killed, f"the trial was never killed: {killed}"
     [trial] = summary["trials"]
     assert trial["status"] == "OK", trial
