@@ -117,10 +117,15 @@ def build_datasets(exp: Experiment, plan: DataPlan, run_state_name: str | None) 
     from contrastlab.platform.data.reader import build_dataset
 
     method_cls = get_method(exp.method_name)
-    if exp.data.deterministic:
-        import ray.data
+    import ray.data
 
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
+    data_context = ray.data.DataContext.get_current()  # the datasets carry it to the Train workers
+    # Here too, not only in init_ray: a sweep builds its datasets in the trial's own actor, whose context
+    # had Ray Data's tqdm bars on; every Train worker then printed a bar line per second into the driver's
+    # log (313 of the 460 lines of a DeCLIP demo sweep). The loop's own per-epoch lines report progress.
+    data_context.enable_progress_bars = False
+    if exp.data.deterministic:
+        data_context.execution_options.preserve_order = True
     common = dict(policy=exp.data.bad_samples, run_state_name=run_state_name, filesystem=plan.filesystem,
                   seed=exp.run.seed, cpus=exp.data.preprocess_cpus, batch_size=exp.data.preprocess_batch_size,
                   task_output_buffer_mb=exp.data.task_output_buffer_mb)

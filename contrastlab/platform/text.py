@@ -32,6 +32,15 @@ class BPETokenizer:
         self.context_length = context_length
         self._bpe = _simple_tokenizer()
 
+    # Pickled as its context length alone: the BPE tables (2 MiB) are rebuilt from the wheel's vocabulary
+    # file, once per process (`_simple_tokenizer` is cached), instead of travelling inside every Ray Data
+    # read function that tokenizes captions (Ray warned "serialized size of read_task_fn is 2.0MiB").
+    def __getstate__(self) -> dict:
+        return {"context_length": self.context_length}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["context_length"])
+
     @property
     def special_ids(self) -> tuple[int, int, int]:
         return (self.pad_id, self.sot_id, self.eot_id)

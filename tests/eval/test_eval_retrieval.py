@@ -52,10 +52,17 @@ def test_torch_input_and_image_without_caption():
     assert out == pytest.approx({"i2t_r1": 1 / 3, "i2t_r2": 1.0, "i2t_r3": 1.0, "t2i_r1": 0.4, "t2i_r2": 0.6, "t2i_r3": 0.8})
 
 
+def _reference_scores(img, txt):
+    """Cosine scores, each pair computed on its own in float64. Not a BLAS matmul: OpenBLAS's float32
+    matmul on an AMD EPYC host gave two identical image rows different scores (they fall in different
+    kernel tiles), so exact duplicates were no longer ties and the reference broke them by rounding."""
+    img = img.astype(np.float64) / np.linalg.norm(img.astype(np.float64), axis=1, keepdims=True)
+    txt = txt.astype(np.float64) / np.linalg.norm(txt.astype(np.float64), axis=1, keepdims=True)
+    return (img[:, None, :] * txt[None, :, :]).sum(axis=2)
+
+
 def _reference(img, txt, owner, ks):
-    img = img / np.linalg.norm(img, axis=1, keepdims=True)
-    txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
-    s = img @ txt.T
+    s = _reference_scores(img, txt)
     out = {}
     i2t, t2i = [], []
     for i in range(len(img)):
@@ -96,7 +103,13 @@ def test_random_with_duplicates_and_uncaptioned_images_against_brute_force():
     txt[100:110] = txt[0:10]  # duplicate captions: exact ties in image rows
     ks = (1, 2, 5)
     ref = _reference(img, txt, owner, ks)
-    # one block, so each duplicate pair is scored by the same matmul call in both implementations
+    # The premise: duplicates are exact ties in the reference, and every other pair of scores in a
+    # row or column is far apart compared with float32 rounding, so only the tie rule can differ.
+    s = _reference_scores(img, txt)
+    assert np.array_equal(s[10:20], s[40:50]) and np.array_equal(s[:, 0:10], s[:, 100:110])
+    distinct = np.delete(np.delete(s, np.s_[40:50], axis=0), np.s_[100:110], axis=1)
+    assert min(np.diff(np.sort(distinct, axis=1), axis=1).min(), np.diff(np.sort(distinct, axis=0), axis=0).min()) > 1e-6
+    # one block, so each duplicate pair is scored by the same matmul call in the implementation
     assert retrieval_recall(img, txt, owner, ks=ks, chunk_size=1000) == pytest.approx(ref)
 
 

@@ -92,3 +92,24 @@ def test_task_output_buffer_is_sized_in_bytes():
     assert set_task_output_buffer(ctx, 0, 3 * 2**20) == 2
     assert set_task_output_buffer(ctx, 64, 1000) == MAX_BUFFERED_BLOCKS
     assert set_task_output_buffer(SimpleNamespace(), 64, 1000) == 0  # a Ray without the field: left alone
+
+
+def test_datasets_carry_a_context_without_progress_bars(ray_cluster, tmp_path):
+    """A sweep builds its datasets inside the trial's actor, whose DataContext starts with Ray's tqdm
+    bars on; the Train workers then printed a bar line per second into the driver's log. Whatever the
+    building process's setting, the datasets must come out quiet."""
+    import ray.data
+
+    from contrastlab.platform.config import build_experiment
+    from contrastlab.platform.runner import DataPlan, build_datasets
+
+    img = encode_jpeg(np.zeros((8, 8, 3), np.uint8))
+    paths = write_shards(((f"{i:05d}", {"jpg": img, "txt": "a red circle", "json": {"index": i}}) for i in range(4)), tmp_path)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = True  # Ray's default in a fresh process
+    try:
+        datasets = build_datasets(build_experiment("clip"), DataPlan(train=paths, eval=paths), None)
+    finally:
+        context.enable_progress_bars = False
+    assert sorted(datasets) == ["eval", "train"]
+    assert not any(ds.context.enable_progress_bars for ds in datasets.values())
