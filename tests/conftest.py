@@ -2,6 +2,9 @@ import os
 
 import pytest
 
+# --time-budget: `make test` runs each slow test only if it fits CI's hour (tests/time_budget.py)
+from time_budget import pytest_addoption, pytest_configure  # noqa: F401
+
 # Local test clusters opt out of token auth (ray-notes §6); the job-submission test turns it on.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")

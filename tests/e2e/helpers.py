@@ -1,4 +1,3 @@
-import glob
 import json
 import os
 import signal
@@ -32,11 +31,6 @@ def wait_for(predicate, timeout, proc=None, log_path=None, poll_s=2.0):
             raise AssertionError(f"driver exited early ({proc.returncode}):\n" + open(log_path).read()[-4000:])
         time.sleep(poll_s)
     raise AssertionError("timed out" + (":\n" + open(log_path).read()[-4000:] if log_path else ""))
-
-
-def result_lines(exp_dir):
-    return {os.path.basename(os.path.dirname(p)): len(open(p).read().splitlines())
-            for p in glob.glob(os.path.join(exp_dir, "trial_*", "result.json"))}
 
 
 def last_json(text):
