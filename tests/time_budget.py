@@ -37,11 +37,16 @@ def pytest_addoption(parser):
     )
 
 
-def _load_estimates(path: str = ESTIMATES_PATH) -> dict[str, float]:
+def _read_record(path: str) -> dict:
+    """The durations file as written by --record-slow-seconds ({} if there is none yet)."""
     if not os.path.exists(path):
         return {}
     with open(path) as f:
-        return {str(k): float(v) for k, v in json.load(f).get("seconds", {}).items()}
+        return json.load(f)
+
+
+def _load_estimates(path: str = ESTIMATES_PATH) -> dict[str, float]:
+    return {str(k): float(v) for k, v in _read_record(path).get("seconds", {}).items()}
 
 
 def _clock_start() -> float:
@@ -99,12 +104,11 @@ class SlowTestBudget:
     def pytest_sessionfinish(self, session):
         if not self.record_path or not self.measured:
             return
-        about = "wall seconds of each slow test (setup + call + teardown), written by pytest --record-slow-seconds"
-        if os.path.exists(self.record_path):
-            with open(self.record_path) as f:
-                about = json.load(f).get("about", about)  # keeps the note on where the figures were measured
-        merged = _load_estimates(self.record_path)
-        merged.update({k: round(v, 1) for k, v in self.measured.items()})
+        record = _read_record(self.record_path)
+        # keeps the file's note on where its figures were measured
+        about = record.get("about", "wall seconds of each slow test (setup + call + teardown), "
+                                    "written by pytest --record-slow-seconds")
+        merged = {**record.get("seconds", {}), **{k: round(v, 1) for k, v in self.measured.items()}}
         with open(self.record_path, "w") as f:
             json.dump({"about": about, "seconds": dict(sorted(merged.items()))}, f, indent=1)
             f.write("\n")
