@@ -33,9 +33,11 @@ tenants), and the first version of this script, all DataLoader epochs then all R
 the drift as much as the pipelines. `ray_idle_cores` is the CPU Ray's own processes (GCS, raylet,
 dashboard, Train's and Data's actors, idle workers) use while the Train worker waits between epochs:
 Ray's fixed cost, which the DataLoader does not pay.
-Preprocessing batches are sized by output bytes (--block-mb, default 8 MiB: 128 rows at 64 px,
-28 at 224 px): 128 rows of two 224 px views are a 38 MiB block, and with a small object store
-those blocks spill to disk (seen here: restore workers, 224 px at 0.4x of webdataset).
+Preprocessing blocks are sized by output bytes as the platform sizes them (`reader.block_rows`;
+--block-mb, default the platform's data.preprocess_block_mb = 16 MiB: 682 rows at 64 px, 55 at
+224 px). Ray pays ~10 ms of CPU per block, so small blocks cost throughput (128-row blocks: 13-20%
+at 64 px); big ones spill from a small object store (110 rows of two 224 px views, 33 MiB, did with
+256 MiB). `--block-mb 0` gives 128-row blocks, the platform's size before 2026-12-07.
 OMP/BLAS threads are pinned to 1 in every process (Ray does this for 1-CPU tasks; DataLoader
 workers would otherwise let numpy's BLAS spawn threads, over-subscribing the cores).
 
@@ -73,7 +75,7 @@ from _common import (RSSSampler, cpu_seconds, machine, print_table, ray_process_
 from contrastlab.platform.config import DataConfig  # noqa: E402
 from contrastlab.platform.data.augment import hflip, moco_v2_view, random_resized_crop, to_chw  # noqa: E402
 from contrastlab.platform.data.codecs import decode_jpeg  # noqa: E402
-from contrastlab.platform.data.reader import preprocess_sample  # noqa: E402
+from contrastlab.platform.data.reader import block_rows, preprocess_sample  # noqa: E402
 
 SEED = 0
 
@@ -243,7 +245,7 @@ class RaySide:
 
     def __init__(self, sets: dict, batch: int, map_batch: dict, data_cpus: float, storage: str,
                  prefetch: int = DataConfig.prefetch_batches, task_buffer_mb: float = DataConfig.task_output_buffer_mb,
-                 required_of: dict | None = None):
+                 required_of: dict | None = None, block_mb: float = DataConfig.preprocess_block_mb):
         import ray.train
         from ray.train.torch import TorchTrainer
 
@@ -251,7 +253,7 @@ class RaySide:
         from contrastlab.platform.data.split import TrainEqualEvalCompleteConfig
 
         datasets = {name: build_dataset(paths, fn, required=(required_of or {}).get(name, ("jpg", "json")), split="train", cpus=data_cpus,
-                                        batch_size=map_batch[name], task_output_buffer_mb=task_buffer_mb)
+                                        batch_size=map_batch[name], block_mb=block_mb, task_output_buffer_mb=task_buffer_mb)
                     for name, (paths, fn) in sets.items()}
         os.makedirs(storage, exist_ok=True)
         self.control = tempfile.mkdtemp(prefix="control_", dir=storage)  # fresh: stale done_K files would answer for the worker
@@ -398,8 +400,8 @@ def main() -> None:
     ap.add_argument("--views", choices=("moco", "crop"), default="moco")
     ap.add_argument("--procs", type=int, default=2, help="CPU processes doing per-sample work in every pipeline")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=0, help="alternated rounds, each a DataLoader block and a Ray block (0: 3 quick, 4 full)")
-    ap.add_argument("--epochs", type=int, default=0, help="timed epochs per size in each block, after one warm-up epoch (0: 1 quick, 2 full)")
+    ap.add_argument("--rounds", type=int, default=0, help="alternated rounds, each a DataLoader block and a Ray block (0: 5 quick, 4 full; quick epochs last ~0.5 s, so their ratios swing more)")
+    ap.add_argument("--epochs", type=int, default=0, help="timed epochs per size in each block, after one warm-up epoch (0: 2)")
     ap.add_argument("--object-store-mb", type=int, default=256)
     ap.add_argument("--rss-factor", type=int, default=4, help="the large RSS set is this many times the 224 px set")
     ap.add_argument("--ray-prefetch", type=int, default=DataConfig.prefetch_batches,
@@ -409,18 +411,23 @@ def main() -> None:
                     help="finished blocks a read task may hold ahead of the consumer, in MiB (default: the platform's "
                          "data.task_output_buffer_mb; 0 = Ray's own default of 2 blocks)")
     ap.add_argument("--no-dashboard", action="store_true", help="start Ray without its dashboard (to measure what the dashboard's processes cost)")
-    ap.add_argument("--block-mb", type=float, default=8.0, help="target output MiB per preprocessing batch (0: --batch rows)")
+    ap.add_argument("--block-mb", type=float, default=DataConfig.preprocess_block_mb,
+                    help="MiB of preprocessed rows per block (default: the platform's data.preprocess_block_mb; 0: 128 rows)")
+    ap.add_argument("--max-block-rows", type=int, default=DataConfig.preprocess_batch_size,
+                    help="rows per block, at most (default: the platform's data.preprocess_batch_size)")
     ap.add_argument("--data-cpus", type=float, default=1.0,
                     help="CPUs per Ray Data task (1.0: --procs tasks at a time; the platform default 0.5 runs 2x--procs)")
     args = ap.parse_args()
     n64, n224 = (1500, 400) if args.quick else (8000, 2000)
-    rounds = args.rounds or (3 if args.quick else 4)
-    epochs = args.epochs or (1 if args.quick else 2)
+    # --quick: 5 rounds of 2 epochs (2.6 min). With 3 rounds of 1 epoch, the same code read 0.86-1.03 at
+    # 64 px in four runs: a 0.5 s epoch is as much the machine's drift as the pipeline.
+    rounds = args.rounds or (5 if args.quick else 4)
+    epochs = args.epochs or 2
     work = tempfile.mkdtemp(prefix="bench_ingest_")
     report = {"benchmark": "ingest", "quick": args.quick, "machine": machine(), "settings": {
         "views": args.views, "procs": args.procs, "batch": args.batch, "rounds": rounds, "epochs": epochs, "object_store_mb": args.object_store_mb,
         "images": {"64": n64, "224": n224}, "rss_factor": args.rss_factor,
-        "ray_prefetch": args.ray_prefetch, "task_buffer_mb": args.task_buffer_mb}}
+        "ray_prefetch": args.ray_prefetch, "task_buffer_mb": args.task_buffer_mb, "block_mb": args.block_mb}}
     print(f"load average {os.getloadavg()}; shards in {work}")
 
     sizes = {64: n64, 224: n224}
@@ -441,9 +448,8 @@ def main() -> None:
         }
     _RAW = []
 
-    def rows_for(size):  # preprocessing batch rows so that one output block is about --block-mb
-        per_sample = 2 * 3 * size * size
-        return args.batch if not args.block_mb else max(8, min(args.batch, int(args.block_mb * 2**20 // per_sample)))
+    def rows_for(size):  # rows per preprocessed block, as the platform sizes them: two uint8 views + the int64 index
+        return block_rows(2 * 3 * size * size + 8, args.block_mb, args.max_block_rows)
 
     map_batch = {"s64": rows_for(64), "s224": rows_for(224), "big224": rows_for(224)}
     report["settings"]["map_batch_rows"] = map_batch
@@ -452,7 +458,7 @@ def main() -> None:
     sets["big224"] = (big, fns[224])
     names = [f"s{s}" for s in sizes]
     wds_side = WebDatasetSide({f"s{s}": (shards[s], ["ingest", "make_sample_fn", [args.views, s]]) for s in sizes}, args.batch, args.procs)
-    side_kwargs = {"batch": args.batch, "map_batch": map_batch, "data_cpus": args.data_cpus, "prefetch": args.ray_prefetch,
+    side_kwargs = {"batch": args.batch, "map_batch": map_batch, "block_mb": args.block_mb, "data_cpus": args.data_cpus, "prefetch": args.ray_prefetch,
                    "task_buffer_mb": args.task_buffer_mb}
     blocks = alternated_rounds(
         rounds,

@@ -8,7 +8,7 @@ meta)`) on its embedded dataset's shards (FAME: `moving-shapes`; SCALE: `fashion
 this measures exactly what `sweeps/fame.py` and `sweeps/scale.py` ingest. The pipelines and the
 timing rules are those of `ingest.py`: alternated rounds of a DataLoader block and a Ray block (a
 cluster started and stopped per block), whole-epoch rates after a warm-up epoch, the ratio being the
-median over rounds; 1 CPU per Ray Data task; preprocessing blocks of about --block-mb.
+median over rounds; 1 CPU per Ray Data task; preprocessing blocks of --block-mb, sized as the platform sizes them.
 
     python benchmarks/media_ingest.py --quick --out results/media_ingest_quick.json
     python benchmarks/media_ingest.py --out results/media_ingest.json
@@ -29,6 +29,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ingest  # noqa: E402
 from _common import machine, print_table, write_report  # noqa: E402
+
+from contrastlab.platform.config import DataConfig  # noqa: E402
+from contrastlab.platform.data.reader import block_rows  # noqa: E402
 
 WORKLOADS = {
     # workload: (method, embedded params for --quick, for the full run, unit)
@@ -70,7 +73,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3, help="alternated rounds, each a DataLoader block and a Ray block")
     ap.add_argument("--epochs", type=int, default=0, help="timed epochs per workload in each block, after a warm-up epoch (0: 1 quick, 2 full)")
-    ap.add_argument("--block-mb", type=float, default=8.0)
+    ap.add_argument("--block-mb", type=float, default=DataConfig.preprocess_block_mb,
+                    help="MiB of preprocessed rows per block (default: the platform's data.preprocess_block_mb; 0: 128 rows)")
     ap.add_argument("--object-store-mb", type=int, default=512)
     args = ap.parse_args()
     epochs = args.epochs or (1 if args.quick else 2)
@@ -83,7 +87,7 @@ def main() -> None:
         paths, fn, required = workload_inputs(w, args.quick)
         raw = ingest.read_raw(paths)
         per_row = row_bytes(raw[0], fn)
-        map_batch[w] = max(4, min(args.batch, int(args.block_mb * 2**20 // per_row)))
+        map_batch[w] = block_rows(per_row, args.block_mb, DataConfig.preprocess_batch_size)  # as the platform sizes blocks
         ingest._RAW, ingest._FN = raw, fn
         work = ingest.pool_rate(ingest._work_range, len(raw), args.procs, repeats=2)
         sets[w], required_of[w] = (paths, fn), required
@@ -99,7 +103,7 @@ def main() -> None:
     blocks = ingest.alternated_rounds(
         args.rounds,
         lambda i: ingest.ray_block(sets, names, epochs, os.path.join(storage, f"ray{i}"), cpus=args.procs + 1,
-                                   object_store_mb=args.object_store_mb, batch=args.batch, map_batch=map_batch, data_cpus=1.0,
+                                   object_store_mb=args.object_store_mb, batch=args.batch, map_batch=map_batch, block_mb=args.block_mb, data_cpus=1.0,
                                    required_of=required_of),
         lambda i: ingest.wds_block(wds_side, names, epochs), names)
     wds_side.close()

@@ -92,7 +92,7 @@ class SlowTestBudget:
             self.skipped.append((item.nodeid, expected))
             pytest.skip(
                 f"time budget: {elapsed / 60:.1f} min spent, this test takes about {expected / 60:.1f} min, "
-                f"the budget is {self.budget_s / 60:.0f} min (--time-budget); run it on its own with "
+                f"the budget is {_minutes(self.budget_s)} min (--time-budget); run it on its own with "
                 f"`pytest {item.nodeid}`"
             )
 
@@ -117,7 +117,7 @@ class SlowTestBudget:
         if self.budget_s is None:
             return
         spent = (time.time() - self.clock_start) / 60
-        line = f"time budget: {spent:.1f} of {self.budget_s / 60:.0f} min spent"
+        line = f"time budget: {spent:.1f} of {_minutes(self.budget_s)} min spent"
         if self.skipped:
             needed = sum(s for _, s in self.skipped) / 60
             line += (f"; {len(self.skipped)} slow test(s) did not fit and were skipped "
@@ -125,6 +125,11 @@ class SlowTestBudget:
         else:
             line += "; every selected slow test ran"
         terminalreporter.write_line(line)
+
+
+def _minutes(seconds: float) -> str:
+    """Whole minutes for a CI-sized budget; a tenth of a minute below 10 (a 20 s budget is not "0 min")."""
+    return f"{seconds / 60:.0f}" if seconds >= 600 else f"{seconds / 60:.1f}"
 
 
 def pytest_configure(config):
