@@ -19,10 +19,22 @@ def ray_cli(*args, timeout=600, env=None):
 
 
 def test_job_submit_smoke_sweep(tmp_path):
-    # Ray 2.60 turns token auth on; the client opts in with RAY_AUTH_MODE=token and reads the token
-    # `ray start` wrote to ~/.ray/auth_token, as a cluster user would. Nothing is switched off.
+    # As the README tells a cluster user: `ray get-auth-token --generate` once (Ray 2.60's `ray start`
+    # makes no token: without one it starts the cluster with auth off, and with RAY_AUTH_MODE=token it
+    # refuses), then `ray start` and `ray job submit` with RAY_AUTH_MODE=token. Nothing is switched off.
+    # The token goes to a throwaway HOME, found through RAY_AUTH_TOKEN_PATH, so the host's ~/.ray is untouched.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "CONTRASTLAB_STORAGE": str(tmp_path / "results")}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN", None)
+    home = tmp_path / "home"
+    # Why cluster.yaml sets RAY_AUTH_MODE=token on every node: a node without the token refuses to start
+    refused = ray_cli("start", "--head", "--port=6390", "--num-cpus=1", "--dashboard-host=127.0.0.1",
+                      "--disable-usage-stats", env={**env, "HOME": str(home)}, timeout=120)
+    assert refused.returncode != 0 and "no authentication token was found" in refused.stderr, refused.stdout + refused.stderr
+    generate = ray_cli("get-auth-token", "--generate", env={**env, "HOME": str(home)})
+    assert generate.returncode == 0, generate.stdout + generate.stderr
+    env["RAY_AUTH_TOKEN_PATH"] = str(home / ".ray" / "auth_token")
+    assert generate.stdout.strip() == open(env["RAY_AUTH_TOKEN_PATH"]).read().strip()
     start = ray_cli("start", "--head", "--port=6390", "--num-cpus=2", "--dashboard-host=127.0.0.1",
                     "--dashboard-port=8265", "--disable-usage-stats", env=env)
     assert start.returncode == 0, start.stdout + start.stderr

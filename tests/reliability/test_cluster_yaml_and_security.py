@@ -115,6 +115,16 @@ def test_cluster_yaml_starts_workers_at_full_priority():
         assert starts and all("RAY_worker_niceness=0 ray start" in c for c in starts), (key, starts)
 
 
+def test_cluster_yaml_starts_every_node_with_token_auth():
+    """Ray 2.60's `ray start` makes no token and, with none on the node and RAY_AUTH_MODE unset, starts
+    the node with auth off; cluster.yaml copies the user's token to every node and requires it."""
+    config = yaml.safe_load(open(CLUSTER_YAML))
+    assert config["file_mounts"].get("/home/ray/.ray/auth_token") == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token " in c.split("ray start")[0] for c in starts), (key, starts)
+
+
 @pytest.mark.slow
 def test_init_ray_runs_tasks_at_niceness_zero():
     code = """

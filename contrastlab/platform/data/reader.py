@@ -30,7 +30,6 @@ SampleFn = Callable[[dict, np.random.Generator], dict]
 UNSIZED_BLOCK_ROWS = 128  # rows per preprocessed block when a row's size could not be measured
 
 
-
 class BadSampleError(RuntimeError):
     """A sample (or a whole shard) could not be read under the `raise` policy."""
 
@@ -338,16 +337,16 @@ def build_dataset(
 ):
     """shards -> Ray Dataset of preprocessed numpy rows (lazy, streaming).
 
-    One Ray Data operator: a task per shard reads it and preprocesses each `batch_size` samples as
-    they stream in, yielding a block per `batch_size` rows. Measured on 2 cores (benchmarks/ingest.py,
+    One Ray Data operator: a task per shard reads it and preprocesses its samples a block at a time
+    as they stream in, yielding each block as it is made. Measured on 2 cores (benchmarks/ingest.py,
     docs/design-notes.md): a separate `map_batches` over the read (the first design) sent every raw
     block through the object store to a second task and cannot be fused with the read while it sets
     a batch size; fused with batch_size=None, Ray buffers a whole shard into one block, so the first
-    batch of an epoch waited for a whole shard. Here the block size is set per dataset to the
-    measured size of `batch_size` preprocessed rows, so each block leaves its task as soon as it is
-    made. A block is `block_mb` MiB of preprocessed rows (at most `batch_size` rows; see
-    `block_rows`). Preprocessing runs as many tasks at a time as there are shards (webdataset's DataLoader has
-    the same limit): write several shards per split (converters write up to 1,000 samples per shard,
+    batch of an epoch waited for a whole shard. Here a task preprocesses `block_mb` MiB of rows at a
+    time (at most `batch_size` rows; see `block_rows`) and Ray's block size is set per dataset to the
+    measured size of that many rows, so each block leaves its task as soon as it is made.
+    Preprocessing runs as many tasks at a time as there are shards (webdataset's DataLoader has the
+    same limit): write several shards per split (converters write up to 1,000 samples per shard,
     embedded datasets cut small splits into ~8 shards). `mix` (a `mixing.MixPlan`, training only)
     samples several weighted sources in one operator (see mixing.py).
     """
@@ -366,13 +365,12 @@ def build_dataset(
     # only capped it: measured on 2-3 CPUs, read tasks ran one at a time (benchmarks/README.md).
     ds.context.op_resource_reservation_enabled = False
     if row_bytes:
-        # Ray cuts a task's output into blocks of this size (slicing only above 1.5x): just under
-        # one preprocessed batch, so each batch becomes one block the moment it is made.
-        batch_bytes = rows * row_bytes
-        ds.context.target_max_block_size = max(1 << 16, int(0.9 * batch_bytes))
-        set_task_output_buffer(ds.context, task_output_buffer_mb, batch_bytes)
+        # Ray merges a task's outputs below this size and slices those above 1.5x it: just under one
+        # preprocessed block, so each block goes out alone the moment it is made.
+        block_bytes = rows * row_bytes
+        ds.context.target_max_block_size = max(1 << 16, int(0.9 * block_bytes))
+        set_task_output_buffer(ds.context, task_output_buffer_mb, block_bytes)
     return ds
-
 
 
 def block_rows(row_bytes: float | None, block_mb: float, max_rows: int) -> int:
