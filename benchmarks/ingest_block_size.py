@@ -27,21 +27,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ingest  # noqa: E402
-from _common import machine, print_table, ray_process_pids, start_ray, write_photo_shards, write_report  # noqa: E402
+from _common import (_proc_status, cpu_seconds, machine, print_table, ray_process_pids, start_ray,  # noqa: E402
+                     write_photo_shards, write_report)
 
 
-def cpu_by_role() -> dict[str, float]:
-    """CPU seconds so far of every process of the local cluster and of this driver, by role."""
-    tick, out = os.sysconf("SC_CLK_TCK"), {}
+def cpu_by_process() -> dict[tuple[int, str], float]:
+    """CPU seconds so far of every process of the local cluster and of this driver, keyed by (pid, role)."""
+    out = {}
     for pid in ray_process_pids() + [os.getpid()]:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                title = fh.read().split(b"\0")[0].decode(errors="replace")
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[(pid, role_of(title, pid))] = (int(fields[11]) + int(fields[12])) / tick
+        status = _proc_status(pid)
+        if status is not None:
+            out[(pid, role_of(status[0], pid))] = cpu_seconds([pid])
     return out
 
 
@@ -83,9 +79,9 @@ def main() -> None:
         for rows in args.rows:
             name = f"rows{rows}"
             side.epoch(name)  # warm-up
-            before, t0 = cpu_by_role(), time.time()
+            before, t0 = cpu_by_process(), time.time()
             epochs = [side.epoch(name) for _ in range(args.epochs)]
-            after, wall = cpu_by_role(), time.time() - t0
+            after, wall = cpu_by_process(), time.time() - t0
             n = sum(e["samples"] for e in epochs)
             per_role: dict[str, float] = {}
             for key, seconds in after.items():
@@ -103,7 +99,8 @@ def main() -> None:
     for rows, rs in runs.items():
         rates = [x for r in rs for x in r["images_per_s"]]
         roles = {role: float(np.median([r["cpu_us_per_image"].get(role, 0.0) for r in rs])) for role in rs[0]["cpu_us_per_image"]}
-        table.append({"rows": rows, "block MiB": min(rows, per_shard) * (2 * 3 * args.size ** 2 + 8) / 2**20,  # a block never spans shards "img/s median": float(np.median(rates)),
+        block_mib = min(rows, per_shard) * (2 * 3 * args.size ** 2 + 8) / 2**20  # a block never spans shards
+        table.append({"rows": rows, "block MiB": block_mib, "img/s median": float(np.median(rates)),
                       "min": min(rates), "max": max(rates), "first batch s": float(np.median([x for r in rs for x in r["first_batch_s"]])),
                       **{f"{role} us/img": v for role, v in roles.items()}})
     print()
