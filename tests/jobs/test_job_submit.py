@@ -27,18 +27,18 @@ def test_job_submit_smoke_sweep(tmp_path):
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_TOKEN", None)
     home = tmp_path / "home"
-    # Why cluster.yaml sets RAY_AUTH_MODE=token on every node: a node without the token refuses to start
-    refused = ray_cli("start", "--head", "--port=6390", "--num-cpus=1", "--dashboard-host=127.0.0.1",
-                      "--disable-usage-stats", env={**env, "HOME": str(home)}, timeout=120)
-    assert refused.returncode != 0 and "no authentication token was found" in refused.stderr, refused.stdout + refused.stderr
-    generate = ray_cli("get-auth-token", "--generate", env={**env, "HOME": str(home)})
-    assert generate.returncode == 0, generate.stdout + generate.stderr
-    env["RAY_AUTH_TOKEN_PATH"] = str(home / ".ray" / "auth_token")
-    assert generate.stdout.strip() == open(env["RAY_AUTH_TOKEN_PATH"]).read().strip()
-    start = ray_cli("start", "--head", "--port=6390", "--num-cpus=2", "--dashboard-host=127.0.0.1",
-                    "--dashboard-port=8265", "--disable-usage-stats", env=env)
-    assert start.returncode == 0, start.stdout + start.stderr
-    try:
+    try:  # whatever fails below, no Ray process outlives the test
+        # Why cluster.yaml sets RAY_AUTH_MODE=token on every node: a node without the token refuses to start
+        refused = ray_cli("start", "--head", "--port=6390", "--num-cpus=1", "--dashboard-host=127.0.0.1",
+                          "--disable-usage-stats", env={**env, "HOME": str(home)}, timeout=120)
+        assert refused.returncode != 0 and "no authentication token was found" in refused.stderr, refused.stdout + refused.stderr
+        generate = ray_cli("get-auth-token", "--generate", env={**env, "HOME": str(home)})
+        assert generate.returncode == 0, generate.stdout + generate.stderr
+        env["RAY_AUTH_TOKEN_PATH"] = str(home / ".ray" / "auth_token")
+        assert generate.stdout.strip() == open(env["RAY_AUTH_TOKEN_PATH"]).read().strip()
+        start = ray_cli("start", "--head", "--port=6390", "--num-cpus=2", "--dashboard-host=127.0.0.1",
+                        "--dashboard-port=8265", "--disable-usage-stats", env=env)
+        assert start.returncode == 0, start.stdout + start.stderr
         sub = ray_cli("job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", ".",
                       "--runtime-env-json", '{"env_vars": {"CONTRASTLAB_STORAGE": "%s", "CONTRASTLAB_CACHE": "%s"}}'
                       % (tmp_path / "results", os.environ.get("CONTRASTLAB_CACHE", str(tmp_path / "cache"))),
