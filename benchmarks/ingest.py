@@ -34,17 +34,21 @@ the drift as much as the pipelines. `ray_idle_cores` is the CPU Ray's own proces
 dashboard, Train's and Data's actors, idle workers) use while the Train worker waits between epochs:
 Ray's fixed cost, which the DataLoader does not pay.
 Preprocessing blocks are sized by output bytes as the platform sizes them (`reader.block_rows`;
---block-mb, default the platform's data.preprocess_block_mb = 16 MiB: 682 rows at 64 px, 55 at
-224 px). Ray pays ~10 ms of CPU per block, so small blocks cost throughput (128-row blocks: 13-20%
-at 64 px); big ones spill from a small object store (110 rows of two 224 px views, 33 MiB, did with
-256 MiB). `--block-mb 0` gives 128-row blocks, the platform's size before 2026-12-07.
+--block-mb, default the platform's data.preprocess_block_mb = 64 MiB, at most 1,024 rows: 1,024 rows
+at 64 px, 222 at 224 px). Ray pays ~10 ms of CPU per block, so small blocks cost throughput (128-row
+blocks: 13-20% at 64 px; 55-row 224 px blocks 25% once the OpenCV views made rows cheap).
+`--block-mb 0` gives 128-row blocks, the platform's size before 2026-12-07.
 OMP/BLAS threads are pinned to 1 in every process (Ray does this for 1-CPU tasks; DataLoader
 workers would otherwise let numpy's BLAS spawn threads, over-subscribing the cores).
 
-Memory: the cluster runs with a small object store (--object-store-mb); after the timed epochs of
-the last Ray block, the 224 px set and a set --rss-factor times larger are streamed one after the
-other, and a sampler records the RSS of the driver and of every Ray worker process (children of the
-raylet) every 0.25 s (not during timed epochs: the sampler takes CPU too).
+Object store: the timed rounds run with Ray's default store (30% of RAM; --object-store-mb), as a
+user's cluster does. A small store costs Ray throughput through spilling, not the DataLoader, which
+has none: with 256 MiB, two 224 px views per image spilled 0.7-1.0 GiB per round to disk and read
+0.75 of the DataLoader (2026-12-07, after the OpenCV views made the tasks 4-8x faster).
+Memory: after the rounds, a cluster of its own with a small store (--memory-store-mb, 256 MiB) runs a
+warm-up epoch of the 224 px set, then streams the 224 px set and a set --rss-factor times larger (18x
+the store) one after the other, while a sampler records the RSS of the driver and of every Ray worker
+process (children of the raylet) every 0.25 s (not during timed epochs: the sampler takes CPU too).
 
     python benchmarks/ingest.py --quick --out results/ingest_quick.json
     python benchmarks/ingest.py --out results/ingest.json
@@ -297,23 +301,24 @@ class RaySide:
 
 
 def ray_block(sets: dict, names: list[str], epochs: int, storage: str, *, cpus: int, object_store_mb: int, dashboard: bool = True,
-              memory_sets: tuple[str, ...] = (), **side_kwargs) -> dict:
+              measure_idle: bool = False, memory_sets: tuple[str, ...] = (), **side_kwargs) -> dict:
     """Start a local cluster, run a warm-up epoch and `epochs` timed epochs of each named set through
     Ray Data into one Train worker (`RaySide(sets, **side_kwargs)`), and shut the cluster down, so that
-    none of Ray's processes run while the DataLoader is timed. With `memory_sets`, then stream each of
-    them once more under the RSS sampler, after measuring the CPU Ray's processes use while the Train
-    worker waits (Ray's fixed cost)."""
+    none of Ray's processes run while the DataLoader is timed. With `measure_idle`, then measure the
+    CPU Ray's processes use while the Train worker waits (Ray's fixed cost); with `memory_sets`, then
+    stream each of them once more under the RSS sampler."""
     import ray
 
     start_ray(cpus, object_store_mb, dashboard=dashboard)
     side = RaySide(sets, storage=storage, **side_kwargs)
     out = {name: [side.epoch(name) for _ in range(1 + epochs)] for name in names}
-    if memory_sets:
+    if measure_idle:
         time.sleep(2)
         pids = ray_process_pids()
         c0, t0 = cpu_seconds(pids), time.time()
         time.sleep(5)
         out["idle_cores"] = (cpu_seconds(pids) - c0) / (time.time() - t0)
+    if memory_sets:
         with RSSSampler(raylet_pids()) as sampler:
             out["memory_epochs"] = {name: side.epoch(name) for name in memory_sets}
         out["sampler"] = sampler
@@ -400,9 +405,12 @@ def main() -> None:
     ap.add_argument("--views", choices=("moco", "crop"), default="moco")
     ap.add_argument("--procs", type=int, default=2, help="CPU processes doing per-sample work in every pipeline")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=0, help="alternated rounds, each a DataLoader block and a Ray block (0: 5 quick, 4 full; quick epochs last ~0.5 s, so their ratios swing more)")
+    ap.add_argument("--rounds", type=int, default=0, help="alternated rounds, each a DataLoader block and a Ray block (0: 5 quick, 4 full; quick epochs last ~1 s, so their ratios swing more)")
     ap.add_argument("--epochs", type=int, default=0, help="timed epochs per size in each block, after one warm-up epoch (0: 2)")
-    ap.add_argument("--object-store-mb", type=int, default=256)
+    ap.add_argument("--object-store-mb", type=int, default=0,
+                    help="object store of the timed rounds' clusters (0: Ray's default, 30%% of RAM, what a user gets)")
+    ap.add_argument("--memory-store-mb", type=int, default=256,
+                    help="object store of the memory phase's cluster, far smaller than the sets streamed through it")
     ap.add_argument("--rss-factor", type=int, default=4, help="the large RSS set is this many times the 224 px set")
     ap.add_argument("--ray-prefetch", type=int, default=DataConfig.prefetch_batches,
                     help="prefetch_batches of the Train worker's iterator (default: the platform's data.prefetch_batches; "
@@ -418,15 +426,17 @@ def main() -> None:
     ap.add_argument("--data-cpus", type=float, default=1.0,
                     help="CPUs per Ray Data task (1.0: --procs tasks at a time; the platform default 0.5 runs 2x--procs)")
     args = ap.parse_args()
-    n64, n224 = (1500, 400) if args.quick else (8000, 2000)
-    # --quick: 5 rounds of 2 epochs (2.6 min). With 3 rounds of 1 epoch, the same code read 0.86-1.03 at
-    # 64 px in four runs: a 0.5 s epoch is as much the machine's drift as the pipeline.
+    n64, n224 = (4000, 1500) if args.quick else (16000, 4000)
+    # Epochs of ~1 s (quick) and ~2-3 s (full) on 2 cores. Whole-epoch rates charge each epoch its
+    # start (Ray's first batch ~0.25 s, the DataLoader's ~0.1 s); since the OpenCV views (2026-12-07)
+    # made the per-sample work 3-8x cheaper, the old sets (1,500 / 400 quick) gave 0.3 s epochs that
+    # measured little but that start. --quick: 5 rounds of 2 epochs.
     rounds = args.rounds or (5 if args.quick else 4)
     epochs = args.epochs or 2
     work = tempfile.mkdtemp(prefix="bench_ingest_")
     report = {"benchmark": "ingest", "quick": args.quick, "machine": machine(), "settings": {
-        "views": args.views, "procs": args.procs, "batch": args.batch, "rounds": rounds, "epochs": epochs, "object_store_mb": args.object_store_mb,
-        "images": {"64": n64, "224": n224}, "rss_factor": args.rss_factor,
+        "views": args.views, "procs": args.procs, "batch": args.batch, "rounds": rounds, "epochs": epochs, "object_store_mb": args.object_store_mb or "ray default",
+        "memory_store_mb": args.memory_store_mb, "images": {"64": n64, "224": n224}, "rss_factor": args.rss_factor,
         "ray_prefetch": args.ray_prefetch, "task_buffer_mb": args.task_buffer_mb, "block_mb": args.block_mb}}
     print(f"load average {os.getloadavg()}; shards in {work}")
 
@@ -463,13 +473,16 @@ def main() -> None:
     blocks = alternated_rounds(
         rounds,
         lambda i: ray_block(sets, names, epochs, os.path.join(work, f"ray{i}"), cpus=args.procs + 1, object_store_mb=args.object_store_mb,
-                            dashboard=not args.no_dashboard, memory_sets=("s224", "big224") if i == rounds - 1 else (), **side_kwargs),
+                            dashboard=not args.no_dashboard, measure_idle=i == rounds - 1, **side_kwargs),
         lambda i: wds_block(wds_side, names, epochs), names)
     wds_side.close()
+    # Memory on a cluster of its own with a small store: after one warm-up epoch of the 224 px set, the
+    # 224 px set and the large one are streamed under the RSS sampler.
+    last = ray_block(sets, ["s224"], 0, os.path.join(work, "ray_memory"), cpus=args.procs + 1, object_store_mb=args.memory_store_mb,
+                     dashboard=not args.no_dashboard, memory_sets=("s224", "big224"), **side_kwargs)
     for s in sizes:
         summarize(results[s], blocks, f"s{s}")
-    last = blocks[-1]["ray"]
-    report["ray_idle_cores"] = last["idle_cores"]
+    report["ray_idle_cores"] = blocks[-1]["ray"]["idle_cores"]
 
     rows = [{"size": f"{s}px", "images": sizes[s], "ray img/s": r["ray_images_per_s_median"], "wds img/s": r["webdataset_images_per_s_median"],
              "decode ceil": r["decode_ceiling_images_per_s"], "work ceil": r["work_ceiling_images_per_s"],
@@ -480,9 +493,9 @@ def main() -> None:
     print_table(rows, list(rows[0]))
     print(f"Ray's processes while the Train worker waits between epochs: {report['ray_idle_cores']:.3f} cores")
 
-    # memory: one more epoch of the 224 px set vs one of the large set, in the last Ray block
+    # memory: an epoch of the 224 px set vs one of the large set, on the small-store cluster
     view_bytes = 2 * 3 * 224 * 224
-    mem = {"object_store_mb": args.object_store_mb, "sets": {}}
+    mem = {"object_store_mb": args.memory_store_mb, "sets": {}}
     sampler = last["sampler"]
     for name, e in last["memory_epochs"].items():
         mem["sets"][name] = {"images": e["samples"], "preprocessed_mib": e["samples"] * view_bytes / 2**20,
@@ -492,7 +505,7 @@ def main() -> None:
     mrows = [{"process": k, f"s224 ({mem['sets']['s224']['preprocessed_mib']:.0f} MiB out)": small.get(k),
               f"big224 ({mem['sets']['big224']['preprocessed_mib']:.0f} MiB out)": large.get(k),
               "large/small": mem["growth_ratio_large_vs_small"].get(k)} for k in large]
-    print(f"\npeak RSS (MiB) while streaming, object store {args.object_store_mb} MiB")
+    print(f"\npeak RSS (MiB) while streaming, object store {args.memory_store_mb} MiB")
     print_table(mrows, list(mrows[0]))
 
     report["results"] = {f"{s}px": results[s] for s in sizes}

@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=0, help="passes over all block sizes (0: 1 quick, 2 full)")
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs per block size in each round")
     ap.add_argument("--procs", type=int, default=2, help="data tasks at a time (1 CPU each)")
+    ap.add_argument("--object-store-mb", type=int, default=0, help="0: Ray's default (30%% of RAM); a small one spills at 224 px")
     args = ap.parse_args()
     images = args.images or (8000 if args.size <= 64 else 2000) // (4 if args.quick else 1)
     rounds = args.rounds or (1 if args.quick else 2)
@@ -71,7 +72,7 @@ def main() -> None:
     shards = write_photo_shards(os.path.join(work, "shards"), images, args.size, per_shard=per_shard, seed=args.size)
     fn = ingest.make_sample_fn("moco", args.size)
     sets = {f"rows{r}": (shards, fn) for r in args.rows}
-    start_ray(args.procs + 1, 256)
+    start_ray(args.procs + 1, args.object_store_mb)
     side = ingest.RaySide(sets, batch=128, map_batch={f"rows{r}": r for r in args.rows}, data_cpus=1.0,
                           storage=os.path.join(work, "ray"), block_mb=1 << 20)
     runs: dict[int, list[dict]] = {r: [] for r in args.rows}

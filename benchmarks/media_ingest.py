@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=0, help="timed epochs per workload in each block, after a warm-up epoch (0: 1 quick, 2 full)")
     ap.add_argument("--block-mb", type=float, default=DataConfig.preprocess_block_mb,
                     help="MiB of preprocessed rows per block (default: the platform's data.preprocess_block_mb; 0: 128 rows)")
-    ap.add_argument("--object-store-mb", type=int, default=512)
+    ap.add_argument("--object-store-mb", type=int, default=0, help="0: Ray's default (30%% of RAM), as ingest.py's timed rounds")
     args = ap.parse_args()
     epochs = args.epochs or (1 if args.quick else 2)
     report = {"benchmark": "media_ingest", "quick": args.quick, "machine": machine(),

@@ -51,7 +51,7 @@ class DataConfig:
     shuffle_files: bool = True
     shuffle_buffer: int = 1000  # local shuffle buffer (rows) in each Train worker; 0 = off
     preprocess_cpus: float = 0.5  # CPUs per Ray Data read/map task
-    preprocess_block_mb: float = 16.0  # MiB of preprocessed rows per block: Ray pays ~10 ms per block, so 128-row 64 px blocks cost 13-20% of throughput (data/reader.py block_rows); 0 = 128 rows
+    preprocess_block_mb: float = 64.0  # MiB of preprocessed rows per block (at most preprocess_batch_size rows): Ray pays ~10 ms per block, so small blocks cost throughput (data/reader.py block_rows); 0 = 128 rows
     preprocess_batch_size: int = 1024  # rows per preprocessed block, at most (tiny rows would otherwise make huge blocks)
     task_output_buffer_mb: float = 64.0  # finished blocks a read task may hold before the consumer takes them (Ray's default, 2 blocks, stalled 64 px tasks ~half the time)
     prefetch_batches: int = 1  # batches the Train worker's iterator fetches ahead; Ray holds the first batch until they are in (2 cost ~0.6 s per epoch at 224 px)

@@ -61,3 +61,95 @@ def test_moco_v2_view_is_a_function_of_the_rng():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     chw = A.to_chw(a)
     assert chw.shape == (3, 32, 32) and chw.flags["C_CONTIGUOUS"]
+
+
+def _replay_factor(seed: int, lo: float, hi: float) -> float:
+    """The one factor color_jitter draws when a single op is on: p coin, permutation, then uniform."""
+    rng = np.random.default_rng(seed)
+    rng.random(), rng.permutation(4)
+    return rng.uniform(lo, hi)
+
+
+def test_each_jitter_op_computes_its_blend():
+    img = _image(20, 24, seed=5)
+    x = img.astype(np.float64)
+    grey = x @ np.array([0.299, 0.587, 0.114])
+    off = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, p=1.0)
+    f = _replay_factor(11, 0.6, 1.4)
+    cases = {
+        "brightness": x * f,                                       # blend with black
+        "contrast": (x - grey.mean()) * f + grey.mean(),           # blend with the mean grey
+        "saturation": x * f + (1 - f) * grey[..., None],           # blend with the luma image
+    }
+    for op, expected in cases.items():
+        out = A.color_jitter(img, np.random.default_rng(11), **{**off, op: 0.4})
+        want = np.clip(np.round(expected), 0, 255)
+        assert out.dtype == np.uint8 and np.abs(out - want).max() <= 1, op  # OpenCV rounds once
+
+
+def test_hue_rotation_keeps_luma_and_turns_chroma():
+    assert np.allclose(A.hue_rotation(0.0), np.eye(3), atol=1e-6)
+    m = A.hue_rotation(1.0)
+    luma = np.array([0.299, 0.587, 0.114])
+    assert np.allclose(luma @ m, luma, atol=1e-5)  # luma of the output = luma of the input
+    assert np.allclose(A.hue_rotation(0.4) @ A.hue_rotation(0.6), m, atol=1e-5)  # rotations compose
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[..., 0] = 200  # pure red turns towards other hues
+    out = A.color_jitter(img, np.random.default_rng(2), brightness=0, contrast=0, saturation=0, hue=0.5, p=1.0)
+    assert not np.array_equal(out, img)
+
+
+def test_gaussian_blur_of_an_impulse_is_the_gaussian_kernel():
+    img = np.zeros((41, 41), np.uint8)
+    img[20, 20] = 255
+    sigma = 1.7
+    rng = np.random.default_rng(0)
+    out = A.gaussian_blur(img, rng, sigma=(sigma, sigma), p=1.0).astype(np.float64)
+    r = np.arange(-6, 7)  # 2 * ceil(3 sigma) + 1 = 13 taps
+    g = np.exp(-r ** 2 / (2 * sigma ** 2))
+    g /= g.sum()
+    want = 255 * np.outer(g, g)
+    assert np.abs(out[14:27, 14:27] - want).max() <= 1.0 and out.sum() == pytest.approx(255, abs=40)
+    assert out[:13].max() == 0  # truncated at 3 sigma
+
+
+def test_resize_antialiases_when_shrinking_and_keeps_channel_axes():
+    checker = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)
+    small = A.resize(checker, 16)
+    assert small.shape == (16, 16) and np.abs(small.astype(int) - 127.5).max() <= 1  # area filter: flat grey
+    grey = A.resize(checker[:, :, None], (20, 30))
+    assert grey.shape == (20, 30, 1)
+    ramp = np.tile(np.arange(0, 64, dtype=np.uint8)[None, :, None], (8, 1, 3))
+    up = A.resize(ramp, (8, 128)).astype(int)  # bilinear when enlarging: the ramp stays monotone
+    assert up.shape == (8, 128, 3) and (np.diff(up[0, :, 0]) >= 0).all()
+
+
+@pytest.mark.parametrize("hw", [(8, 9), (200, 150)])
+def test_to_chw_is_a_planar_copy(hw):
+    img = _image(*hw)
+    out = A.to_chw(img)
+    assert out.shape == (3, *hw) and out.flags["C_CONTIGUOUS"] and np.array_equal(out, img.transpose(2, 0, 1))
+    assert A.to_chw(img[:, :, 0]).shape == (1, *hw)
+
+
+@pytest.mark.parametrize("hw", [(24, 24), (10, 70), (90, 30)])
+def test_resize_matches_pil_bilinear(hw):
+    """PIL's bilinear (antialiased when shrinking) is the reference torchvision's PIL path uses."""
+    from PIL import Image
+
+    img = _image(60, 50, seed=3)
+    want = np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR)).astype(int)
+    got = A.resize(img, hw)
+    assert got.shape == (*hw, 3) and got.dtype == np.uint8 and np.abs(got.astype(int) - want).max() <= 1
+
+
+def test_opencv_thread_pool_is_off():
+    """A Ray Data task holds one CPU; OpenCV's own pool would over-subscribe it for no gain on small images."""
+    assert A.cv2.getNumThreads() == 1
+
+
+def test_color_jitter_names_a_wrong_input():
+    with pytest.raises(ValueError, match="uint8 HxWx3"):
+        A.color_jitter(np.zeros((8, 8, 3), np.float32), np.random.default_rng(0), p=1.0)
+    flipped = A.hflip(np.arange(12, dtype=np.int64).reshape(3, 4), np.random.default_rng(0), p=1.0)  # numpy path
+    assert flipped.tolist() == [[3, 2, 1, 0], [7, 6, 5, 4], [11, 10, 9, 8]]

@@ -81,7 +81,8 @@ def test_large_rows_give_one_block_per_batch(ray_cluster, tmp_path):
 
 def test_blocks_are_sized_in_bytes_up_to_a_row_cap(ray_cluster, tmp_path):
     """A block holds `block_mb` MiB of preprocessed rows, at most `batch_size` rows: Ray's fixed cost
-    per block made 128-row blocks of 64 px images 13-20% slower than 16 MiB ones."""
+    per block made 128-row blocks of 64 px images 13-20% slower than 16 MiB ones, and 16 MiB blocks
+    of 224 px images 25% slower than 64 MiB ones."""
     img = encode_jpeg(np.zeros((8, 8, 3), np.uint8))
     paths = write_shards(((f"{i:05d}", {"jpg": img, "json": {"index": i}}) for i in range(100)), tmp_path, maxcount=50)
     fn = lambda s, rng: {"pixels": np.zeros((3, 96, 96), np.float32)}  # noqa: E731  110,600 bytes a row with its index
@@ -89,7 +90,7 @@ def test_blocks_are_sized_in_bytes_up_to_a_row_cap(ray_cluster, tmp_path):
     assert mat.num_blocks() == 6  # 50-row shards cut by bytes: 20 + 20 + 10 rows each
     assert sorted(int(r["index"]) for r in mat.take_all()) == list(range(100))
     mat = build_dataset(paths, fn, required=("jpg",), batch_size=25, cpus=0.25).materialize()
-    assert mat.num_blocks() == 4  # 16 MiB would be 151 rows: the row cap cuts each shard in two
+    assert mat.num_blocks() == 4  # 64 MiB would be 606 rows: the row cap cuts each shard in two
 
 
 def test_block_rows():
@@ -98,6 +99,8 @@ def test_block_rows():
     two_views_64px = 2 * 3 * 64 * 64 + 8
     assert block_rows(two_views_64px, 16, 1024) == 682  # 16 MiB // 24,584 bytes
     assert block_rows(2 * 3 * 224 * 224 + 8, 16, 1024) == 55
+    assert block_rows(2 * 3 * 224 * 224 + 8, 64, 1024) == 222  # the default: 64 MiB
+    assert block_rows(two_views_64px, 64, 1024) == 1024  # ... capped at the row limit
     assert block_rows(100, 16, 1024) == 1024  # tiny rows: the row cap
     assert block_rows(64 * 2**20, 16, 1024) == 1  # a row bigger than a block: one row per block
     assert block_rows(None, 16, 1024) == block_rows(two_views_64px, 0, 1024) == UNSIZED_BLOCK_ROWS

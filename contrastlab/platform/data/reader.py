@@ -378,13 +378,15 @@ def block_rows(row_bytes: float | None, block_mb: float, max_rows: int) -> int:
 
     Ray pays a fixed cost per block (its object, the generator's report to the consumer, the
     executor's bookkeeping, the Train worker's fetch): about 10 ms of CPU, measured on 2 cores. With
-    one 128-row block per training batch that was 13-20% of all the CPU at 64 px, where a row takes
-    0.6 ms to make. Measured on 2 cores, two 64 px views per image (benchmarks/README.md): 128-row
-    blocks 2,350-2,800 img/s, 256 rows 2,900, 512-682 rows 2,900-3,200, 1,024 rows 3,200-3,300;
-    224 px, 27 rows 414-439, 55 rows 436-458, 110 rows (33 MiB) spilled from a 256 MiB object store.
-    Sized in bytes, a block is worth the same whatever the image size; 16 MiB stays well inside a
-    laptop's object store with a few blocks buffered per task. The cost: an epoch's first batch
-    waits for one block (0.65 s instead of 0.25-0.35 s at 64 px on 2 cores)."""
+    one 128-row block per training batch that was 13-20% of all the CPU at 64 px, where a row took
+    0.6 ms to make. Measured on 2 cores, two MoCo-v2 views per image (benchmarks/README.md), with
+    the PIL views: 64 px, 128-row blocks 2,350-2,800 img/s, 682 rows 2,900-3,200, 1,024 rows
+    3,200-3,300. With the OpenCV views (rows 4-8x cheaper, so the per-block cost weighs more):
+    64 px 682 rows 8,144, 1,024 rows 8,306; 224 px 55 rows (16 MiB) 1,508, 110 rows 1,695, 220 rows
+    (63 MiB) 2,047-2,094, 330 rows 2,098, 440 rows (126 MiB) 1,937. Hence 64 MiB, at most 1,024 rows.
+    The costs: an epoch's first batch waits for one block (0.34 s at 224 px, 220 rows, on 2 cores),
+    and a read task holds up to ~3 blocks (one being made, two buffered), so a small object store
+    (256 MiB) spills at 224 px; Ray's default store (30% of RAM) does not."""
     if not row_bytes or block_mb <= 0:
         return max(1, min(max_rows, UNSIZED_BLOCK_ROWS))
     return max(1, min(max_rows, int(block_mb * 2**20 // row_bytes)))
