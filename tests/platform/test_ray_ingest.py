@@ -141,3 +141,29 @@ def test_datasets_carry_a_context_without_progress_bars(ray_cluster, tmp_path):
         context.enable_progress_bars = False
     assert sorted(datasets) == ["eval", "train"]
     assert not any(ds.context.enable_progress_bars for ds in datasets.values())
+
+
+def test_blocks_fit_the_object_store():
+    """A read task holds ~3 blocks; on a small store they shrink instead of spilling to disk."""
+    from contrastlab.platform.data.reader import fit_blocks_to_store, read_task_store_budget_mb
+
+    mib = 2**20
+    # 2-core box, Ray's default 7.3 GB store, 0.5 CPU per task, 8 shards: 4 tasks, ~870 MiB each
+    big = read_task_store_budget_mb([(2, 7300 * mib)], 0.5, 8)
+    assert big == pytest.approx(912.5) and fit_blocks_to_store(64, 64, big) == (64, 64)  # unchanged
+    # the benchmark's memory phase: 3 CPUs, 1 CPU per task, 256 MiB store -> 42.7 MiB per task
+    small = read_task_store_budget_mb([(3, 256 * mib)], 1.0, 4)
+    block, buffer = fit_blocks_to_store(64, 64, small)
+    assert block == pytest.approx(small / 3) and buffer == pytest.approx(2 * small / 3)
+    assert block + buffer <= small and buffer >= 2 * block - 1e-9
+    # the tightest node rules; one task per shard at most; nodes without CPUs or store are skipped
+    assert read_task_store_budget_mb([(16, 64000 * mib), (2, 400 * mib), (0, 9e12)], 0.5, 100) == pytest.approx(50)
+    assert read_task_store_budget_mb([(16, 800 * mib)], 0.5, 2) == pytest.approx(200)
+    assert read_task_store_budget_mb([], 0.5, 4) is None
+
+
+def test_build_dataset_reads_the_cluster_store(ray_cluster):
+    from contrastlab.platform.data.reader import _ray_nodes
+
+    nodes = _ray_nodes()
+    assert nodes and all(cpus >= 1 and store > 0 for cpus, store in nodes)

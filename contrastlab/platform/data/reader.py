@@ -354,6 +354,9 @@ def build_dataset(
 
     fn = PreprocessBatches(sample_fn, required, policy, run_state_name, seed, split)
     row_bytes = estimate_row_bytes(paths, sample_fn, required, seed, split, filesystem)
+    budget_mb = read_task_store_budget_mb(_ray_nodes(), cpus, len(paths))
+    if budget_mb is not None and block_mb > 0:
+        block_mb, task_output_buffer_mb = fit_blocks_to_store(block_mb, task_output_buffer_mb, budget_mb)
     rows = block_rows(row_bytes, block_mb, batch_size)
     ds = ray.data.read_datasource(
         make_datasource(paths, fn, policy, run_state_name, filesystem, shuffle_files and split == "train", seed, rows_per_block=rows,
@@ -385,11 +388,52 @@ def block_rows(row_bytes: float | None, block_mb: float, max_rows: int) -> int:
     64 px 682 rows 8,144, 1,024 rows 8,306; 224 px 55 rows (16 MiB) 1,508, 110 rows 1,695, 220 rows
     (63 MiB) 2,047-2,094, 330 rows 2,098, 440 rows (126 MiB) 1,937. Hence 64 MiB, at most 1,024 rows.
     The costs: an epoch's first batch waits for one block (0.34 s at 224 px, 220 rows, on 2 cores),
-    and a read task holds up to ~3 blocks (one being made, two buffered), so a small object store
-    (256 MiB) spills at 224 px; Ray's default store (30% of RAM) does not."""
+    and a read task holds up to ~3 blocks (one being made, two buffered): `build_dataset` shrinks
+    blocks where the object store is too small for that (`fit_blocks_to_store`)."""
     if not row_bytes or block_mb <= 0:
         return max(1, min(max_rows, UNSIZED_BLOCK_ROWS))
     return max(1, min(max_rows, int(block_mb * 2**20 // row_bytes)))
+
+
+STORE_SHARE_FOR_READ_TASKS = 0.5  # of a node's object store; the rest for the consumer's blocks and other objects
+BLOCKS_HELD_PER_TASK = 3  # one being made and, at least, the two Ray buffers unread
+
+
+def read_task_store_budget_mb(nodes: list[tuple[float, float]], task_cpus: float, n_shards: int) -> float | None:
+    """MiB of object store each read task may fill, on the tightest node: `STORE_SHARE_FOR_READ_TASKS`
+    of its store split between the read tasks it can run at once (its CPUs / `task_cpus`, at most one
+    per shard). `nodes`: (CPUs, object store bytes) of each alive node; None when there is none."""
+    budgets = []
+    for node_cpus, store_bytes in nodes:
+        if node_cpus <= 0 or store_bytes <= 0:
+            continue
+        tasks = max(1.0, min(node_cpus / max(task_cpus, 1e-3), max(1, n_shards)))
+        budgets.append(STORE_SHARE_FOR_READ_TASKS * store_bytes / 2**20 / tasks)
+    return min(budgets) if budgets else None
+
+
+def fit_blocks_to_store(block_mb: float, buffer_mb: float, budget_mb: float) -> tuple[float, float]:
+    """(block MiB, task output buffer MiB) within a read task's store budget: a task holds the block it
+    is making plus its buffered ones, so a block gets at most a third of the budget and the buffer
+    the rest (still >= 2 blocks). Without this, 64 MiB blocks spilled a 256 MiB store to disk at
+    224 px (0.7-1.0 GiB per benchmark round, session 14); on Ray's default store (30% of RAM) a
+    2-core machine's budget is ~900 MiB per task and nothing changes."""
+    fitted_block = min(block_mb, budget_mb / BLOCKS_HELD_PER_TASK)
+    fitted_buffer = min(buffer_mb, budget_mb - fitted_block)
+    if fitted_block < block_mb:
+        log.info("object store: %.0f MiB per read task, so preprocessed blocks of %.1f MiB (data.preprocess_block_mb %.0f) "
+                 "and %.1f MiB buffered per task", budget_mb, fitted_block, block_mb, fitted_buffer)
+    return fitted_block, fitted_buffer
+
+
+def _ray_nodes() -> list[tuple[float, float]]:
+    """(CPUs, object store bytes) of each alive node of the connected Ray cluster ([] if none)."""
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    return [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("object_store_memory", 0)))
+            for n in ray.nodes() if n.get("Alive")]
 
 
 MAX_BUFFERED_BLOCKS = 64  # tiny blocks: the gain had levelled off by 16-32 blocks; no need for thousands of objects
