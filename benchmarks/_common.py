@@ -62,8 +62,9 @@ def write_report(path: str | None, report: dict) -> None:
 
 
 # --------------------------------------------------------------------------- real images -> shards
-def photo_crops(n: int, size: int, seed: int = 0) -> Iterable[np.ndarray]:
-    """`n` random crops (side 1/4..full height) of sklearn's two sample photos, resized to size x size."""
+def photo_crops(n: int, size: int | tuple[int, int], seed: int = 0) -> Iterable[np.ndarray]:
+    """`n` random crops (height 1/4..full height) of sklearn's two sample photos, resized to size x size
+    or to (height, width) = size, the crop taking the aspect of the result."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
@@ -72,13 +73,15 @@ def photo_crops(n: int, size: int, seed: int = 0) -> Iterable[np.ndarray]:
     for i in range(n):
         img = photos[i % len(photos)]
         h, w = img.shape[:2]
+        out_h, out_w = (size, size) if isinstance(size, int) else size
         side = int(rng.integers(h // 4, h + 1))
-        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        crop = Image.fromarray(img[y : y + side, x : x + side]).resize((size, size), Image.BILINEAR)
+        side_w = min(w, round(side * out_w / out_h))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side_w + 1))
+        crop = Image.fromarray(img[y : y + side, x : x + side_w]).resize((out_w, out_h), Image.BILINEAR)
         yield np.asarray(crop)
 
 
-def write_photo_shards(directory: str, n: int, size: int, per_shard: int, seed: int = 0, prefix: str = "bench") -> list[str]:
+def write_photo_shards(directory: str, n: int, size: int | tuple[int, int], per_shard: int, seed: int = 0, prefix: str = "bench") -> list[str]:
     """JPEG (quality 90) + json shards written with the platform's `write_shards`."""
     from contrastlab.platform.data.codecs import encode_jpeg
     from contrastlab.platform.data.shards import write_shards

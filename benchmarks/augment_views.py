@@ -13,6 +13,10 @@ Pipelines:
                   as a PIL decoder would hand it over; ends with PILToTensor.
 - tv_tensor:      torchvision.transforms.v2 on uint8 CHW tensors (GaussianBlur kernel 13 = the
                   platform's largest, 2*ceil(3*2)+1).
+- contrastlab_read_half (MoCo-v2 only): what stays in a read task under data.photometric=device
+                  (crop, flip and the draws; `moco_v2_view(photometric="device")`); beside it, the
+                  views/s of `device_views.apply_photometric` finishing a batch of 128 on the GPU if
+                  there is one, else on this CPU (`finish_on_device`).
 Images: random square crops of sklearn's two sample photos at 64 px and 224 px, plus 448 px sources
 viewed at 224 px (shrinking crops, the ImageNet-like case). Rounds alternate the pipeline order
 (ABC, BCA, CAB, ...); each figure is the median over rounds; `speedup_vs_tv_pil` is contrastlab's
@@ -72,13 +76,38 @@ def torchvision_pipelines(recipe: str, size: int):
     return pil, tensor
 
 
-def platform_view(recipe: str, size: int):
+def platform_view(recipe: str, size: int, photometric: str = "reader"):
     def view(img, rng):
         if recipe == "moco":
-            return A.to_chw(A.moco_v2_view(img, size, rng))
+            return A.to_chw(A.moco_v2_view(img, size, rng, photometric=photometric))
         return A.to_chw(A.hflip(A.random_resized_crop(img, size, rng, scale=(0.2, 1.0)), rng))
 
     return view
+
+
+def finish_rate(images, size: int, rounds: int, batch: int = 128) -> dict:
+    """Views/s of `device_views.apply_photometric` finishing a batch of deferred views: on the GPU when
+    there is one (what data.photometric=device is for), else on this CPU (one thread)."""
+    import torch
+
+    from contrastlab.platform.data.device_views import apply_photometric
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rng = np.random.default_rng(1)
+    deferred = [A.to_chw(A.moco_v2_view(images[i % len(images)], size, rng, photometric="device")) for i in range(batch)]
+    pixels = torch.from_numpy(np.stack([d.pixels for d in deferred])).to(device)
+    params = torch.from_numpy(np.stack([d.params for d in deferred])).to(device)
+    apply_photometric(pixels, params)  # warm-up
+    best = 0.0
+    for _ in range(max(1, rounds)):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        apply_photometric(pixels, params)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, batch / (time.perf_counter() - t0))
+    return {"device": device, "batch": batch, "views_per_s": best}
 
 
 def time_views(fn, inputs, views_per_image: int = 2) -> float:
@@ -115,12 +144,15 @@ def main() -> None:
             ours = platform_view(recipe, size)
             rng = np.random.default_rng(0)
             runs = {"contrastlab": (lambda x: ours(x, rng), images), "tv_pil": (tv_pil, pils), "tv_tensor": (tv_tensor, tensors)}
+            if recipe == "moco":  # data.photometric=device: what stays in the read task (crop, flip, the draws)
+                deferred = platform_view(recipe, size, photometric="device")
+                runs["contrastlab_read_half"] = (lambda x: deferred(x, rng), images)
             names = list(runs)
             rates = {k: [] for k in names}
             for fn, inputs in runs.values():
                 time_views(fn, inputs[:10])  # warm-up: imports, first-call caches
             for r in range(rounds):
-                for name in names[r % 3:] + names[:r % 3]:
+                for name in names[r % len(names):] + names[:r % len(names)]:
                     fn, inputs = runs[name]
                     rates[name].append(time_views(fn, inputs))
             med = {k: statistics.median(v) for k, v in rates.items()}
@@ -128,9 +160,14 @@ def main() -> None:
             report["results"][key] = {"views_per_s": med, "rounds": rates, "images": len(images),
                                       "speedup_vs_tv_pil": med["contrastlab"] / med["tv_pil"],
                                       "speedup_vs_tv_tensor": med["contrastlab"] / med["tv_tensor"]}
+            if recipe == "moco":
+                report["results"][key]["read_half_speedup"] = med["contrastlab_read_half"] / med["contrastlab"]
+                report["results"][key]["finish_on_device"] = finish_rate(images, size, rounds)
             rows.append({"recipe": recipe, "source -> view": f"{src} -> {size}", "contrastlab views/s": med["contrastlab"],
                          "tv PIL views/s": med["tv_pil"], "tv v2 tensor views/s": med["tv_tensor"],
-                         "x tv PIL": med["contrastlab"] / med["tv_pil"], "x tv tensor": med["contrastlab"] / med["tv_tensor"]})
+                         "x tv PIL": med["contrastlab"] / med["tv_pil"], "x tv tensor": med["contrastlab"] / med["tv_tensor"],
+                         "read half views/s": med.get("contrastlab_read_half"),
+                         "finish views/s": report["results"][key].get("finish_on_device", {}).get("views_per_s")})
             print(f"{key}: " + ", ".join(f"{k} {v:.0f}" for k, v in med.items()), flush=True)
     print_table(rows, list(rows[0]))
     write_report(args.out, report)

@@ -77,19 +77,20 @@ from _common import (RSSSampler, cpu_seconds, machine, print_table, ray_process_
                      write_photo_shards, write_report)
 
 from contrastlab.platform.config import DataConfig  # noqa: E402
-from contrastlab.platform.data.augment import hflip, moco_v2_view, random_resized_crop, to_chw  # noqa: E402
+from contrastlab.platform.data.augment import PHOTOMETRIC_SUFFIX, hflip, moco_v2_view, random_resized_crop, to_chw  # noqa: E402
 from contrastlab.platform.data.codecs import decode_jpeg  # noqa: E402
 from contrastlab.platform.data.reader import block_rows, preprocess_sample  # noqa: E402
 
 SEED = 0
 
 
-def make_sample_fn(views: str, size: int):
-    """The per-sample work after decoding: two views at `size`, uint8 CHW (what a method's fn does)."""
+def make_sample_fn(views: str, size: int, photometric: str = "reader"):
+    """The per-sample work after decoding: two views at `size`, uint8 CHW (what a method's fn does).
+    photometric="device": MoCo-v2 views leave their jitter/grey/blur to the consumer (data.photometric)."""
 
     def view(img, rng):
         if views == "moco":
-            return moco_v2_view(img, size, rng)
+            return moco_v2_view(img, size, rng, photometric=photometric)
         return hflip(random_resized_crop(img, size, rng, scale=(0.2, 1.0)), rng)
 
     def fn(sample: dict, rng: np.random.Generator) -> dict:
@@ -167,16 +168,30 @@ def make_wds_loader(paths: list[str], fn, batch: int, procs: int):
                                        multiprocessing_context="fork")
 
 
-def time_epoch(batches) -> dict:
-    """Wall-clock timings of one pass over an iterable of batches (wall clock: comparable across processes)."""
+def time_epoch(batches, device: str = "cpu") -> dict:
+    """Wall-clock timings of one pass over an iterable of batches (wall clock: comparable across
+    processes). Deferred views (--photometric device) are finished on `device` as the platform's loop
+    does (`device_views.finish_views`), so their cost is inside the epoch."""
+    from contrastlab.platform.data.device_views import finish_views
+
     t0 = time.time()
     first, n, n_first = None, 0, 0
     for b in batches:
+        if any(k.endswith(PHOTOMETRIC_SUFFIX) for k in b):
+            b = finish_views({k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in b.items()})
+            if device != "cpu":
+                torch_sync(device)
         k = len(b["index"])
         n += k
         if first is None:
             first, n_first = time.time(), k
     return {"t0": t0, "t_first": first, "t1": time.time(), "samples": n, "first_batch": n_first}
+
+
+def torch_sync(device: str) -> None:
+    import torch
+
+    torch.cuda.synchronize(device)
 
 
 class WebDatasetSide:
@@ -186,8 +201,8 @@ class WebDatasetSide:
     fn spec), where the spec [module, function, args] names a function of a module in benchmarks/
     that returns the per-sample fn (the helper builds it itself: fns are closures, not picklable)."""
 
-    def __init__(self, sets: dict[str, tuple[list[str], list]], batch: int, procs: int):
-        config = json.dumps({"sets": sets, "batch": batch, "procs": procs})
+    def __init__(self, sets: dict[str, tuple[list[str], list]], batch: int, procs: int, device: str = "cpu"):
+        config = json.dumps({"sets": sets, "batch": batch, "procs": procs, "device": device})
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--wds-helper", config],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
@@ -213,7 +228,7 @@ def wds_helper_main(config_json: str) -> None:
         fn = getattr(importlib.import_module(module), function)(*fn_args)
         loaders[name] = make_wds_loader(paths, fn, config["batch"], config["procs"])
     for line in sys.stdin:
-        print("EPOCH " + json.dumps(time_epoch(loaders[line.strip()])), flush=True)
+        print("EPOCH " + json.dumps(time_epoch(loaders[line.strip()], config["device"])), flush=True)
 
 
 # --------------------------------------------------------------------------- Ray Data -> Train worker
@@ -232,7 +247,8 @@ def ingest_loop(config: dict) -> None:
             name = fh.read().strip()
         if name == "stop":
             return
-        e = time_epoch(shards[name].iter_torch_batches(batch_size=config["batch"], prefetch_batches=config["prefetch"], device="cpu"))
+        device = config["device"]
+        e = time_epoch(shards[name].iter_torch_batches(batch_size=config["batch"], prefetch_batches=config["prefetch"], device=device), device)
         _write_atomic(os.path.join(control, f"done_{k}.json"), json.dumps({"dataset": name, **e}))
 
 
@@ -249,7 +265,7 @@ class RaySide:
 
     def __init__(self, sets: dict, batch: int, map_batch: dict, data_cpus: float, storage: str,
                  prefetch: int = DataConfig.prefetch_batches, task_buffer_mb: float = DataConfig.task_output_buffer_mb,
-                 required_of: dict | None = None, block_mb: float = DataConfig.preprocess_block_mb):
+                 required_of: dict | None = None, block_mb: float = DataConfig.preprocess_block_mb, device: str = "cpu"):
         import ray.train
         from ray.train.torch import TorchTrainer
 
@@ -264,8 +280,8 @@ class RaySide:
         self.k, self.outcome = 0, {}
         self.trainer = TorchTrainer(
             ingest_loop,
-            train_loop_config={"datasets": list(datasets), "batch": batch, "control": self.control, "prefetch": prefetch},
-            scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+            train_loop_config={"datasets": list(datasets), "batch": batch, "control": self.control, "prefetch": prefetch, "device": device},
+            scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1, **({"GPU": 1} if device != "cpu" else {})}),
             run_config=ray.train.RunConfig(name="ingest", storage_path=storage),
             datasets=datasets,
             dataset_config=TrainEqualEvalCompleteConfig(tuple(datasets)),  # as the platform splits its train set
@@ -425,8 +441,13 @@ def main() -> None:
                     help="rows per block, at most (default: the platform's data.preprocess_batch_size)")
     ap.add_argument("--data-cpus", type=float, default=1.0,
                     help="CPUs per Ray Data task (1.0: --procs tasks at a time; the platform default 0.5 runs 2x--procs)")
+    ap.add_argument("--photometric", choices=("reader", "device"), default="reader",
+                    help="where MoCo-v2 views make their jitter/grey/blur (the platform's data.photometric): device = "
+                         "the consumer finishes them batched (Train worker / DataLoader's main process) on --device")
+    ap.add_argument("--device", default="cpu", help="the consumer's torch device (cuda: the Train worker gets a GPU)")
+    ap.add_argument("--no-imagenet-shape", action="store_true", help="skip the 375x500 -> 224 set")
     args = ap.parse_args()
-    n64, n224 = (4000, 1500) if args.quick else (16000, 4000)
+    n64, n224, n_in = (4000, 1500, 800) if args.quick else (16000, 4000, 2400)
     # Epochs of ~1 s (quick) and ~2-3 s (full) on 2 cores. Whole-epoch rates charge each epoch its
     # start (Ray's first batch ~0.25 s, the DataLoader's ~0.1 s); since the OpenCV views (2026-12-07)
     # made the per-sample work 3-8x cheaper, the old sets (1,500 / 400 quick) gave 0.3 s epochs that
@@ -434,24 +455,34 @@ def main() -> None:
     rounds = args.rounds or (5 if args.quick else 4)
     epochs = args.epochs or 2
     work = tempfile.mkdtemp(prefix="bench_ingest_")
+    # name -> (stored JPEG size: side or (height, width), view size, images). 375x500 is ImageNet's
+    # commonest shape (its mean is ~400x350): there the decode, not the views, is most of the work.
+    workloads = {"64px": (64, 64, n64), "224px": (224, 224, n224)}
+    if not args.no_imagenet_shape:
+        workloads["375x500px_to_224"] = ((375, 500), 224, n_in)
     report = {"benchmark": "ingest", "quick": args.quick, "machine": machine(), "settings": {
         "views": args.views, "procs": args.procs, "batch": args.batch, "rounds": rounds, "epochs": epochs, "object_store_mb": args.object_store_mb or "ray default",
-        "memory_store_mb": args.memory_store_mb, "images": {"64": n64, "224": n224}, "rss_factor": args.rss_factor,
-        "ray_prefetch": args.ray_prefetch, "task_buffer_mb": args.task_buffer_mb, "block_mb": args.block_mb}}
+        "memory_store_mb": args.memory_store_mb, "images": {k: w[2] for k, w in workloads.items()}, "rss_factor": args.rss_factor,
+        "ray_prefetch": args.ray_prefetch, "task_buffer_mb": args.task_buffer_mb, "block_mb": args.block_mb,
+        "photometric": args.photometric, "device": args.device}}
     print(f"load average {os.getloadavg()}; shards in {work}")
 
-    sizes = {64: n64, 224: n224}
-    shards = {s: write_photo_shards(os.path.join(work, f"s{s}"), n, s, per_shard=max(1, n // (2 * args.procs)), seed=s)
-              for s, n in sizes.items()}
+    def set_name(k):
+        return "s" + k.split("px")[0]
+
+    shards = {k: write_photo_shards(os.path.join(work, set_name(k)), n, src, per_shard=max(1, n // (2 * args.procs)),
+                                    seed=src if isinstance(src, int) else src[0])
+              for k, (src, _view, n) in workloads.items()}
     big = write_photo_shards(os.path.join(work, "big224"), n224 * args.rss_factor, 224,
                              per_shard=max(1, n224 * args.rss_factor // (2 * args.procs)), seed=999)
-    fns = {s: make_sample_fn(args.views, s) for s in sizes}
+    fn_specs = {k: [args.views, view, args.photometric] for k, (_src, view, _n) in workloads.items()}
+    fns = {k: make_sample_fn(*spec) for k, spec in fn_specs.items()}
 
     results = {}
-    for s in sizes:  # the ceilings fork from this process, so they run before Ray starts
-        _RAW, _FN = read_raw(shards[s]), fns[s]
+    for k in workloads:  # the ceilings fork from this process, so they run before Ray starts
+        _RAW, _FN = read_raw(shards[k]), fns[k]
         n = len(_RAW)
-        results[s] = {
+        results[k] = {
             "decode_ceiling_images_per_s": pool_rate(_decode_range, n, args.procs, repeats=3),
             "work_ceiling_images_per_s": pool_rate(_work_range, n, args.procs, repeats=2),
             "jpeg_kib_mean": float(np.mean([len(r["jpg"]) for r in _RAW]) / 1024),
@@ -461,15 +492,17 @@ def main() -> None:
     def rows_for(size):  # rows per preprocessed block, as the platform sizes them: two uint8 views + the int64 index
         return block_rows(2 * 3 * size * size + 8, args.block_mb, args.max_block_rows)
 
-    map_batch = {"s64": rows_for(64), "s224": rows_for(224), "big224": rows_for(224)}
+    map_batch = {set_name(k): rows_for(view) for k, (_src, view, _n) in workloads.items()}
+    map_batch["big224"] = rows_for(224)
     report["settings"]["map_batch_rows"] = map_batch
     report["settings"]["data_cpus"] = args.data_cpus
-    sets = {f"s{s}": (shards[s], fns[s]) for s in sizes}
-    sets["big224"] = (big, fns[224])
-    names = [f"s{s}" for s in sizes]
-    wds_side = WebDatasetSide({f"s{s}": (shards[s], ["ingest", "make_sample_fn", [args.views, s]]) for s in sizes}, args.batch, args.procs)
+    sets = {set_name(k): (shards[k], fns[k]) for k in workloads}
+    sets["big224"] = (big, fns["224px"])
+    names = [set_name(k) for k in workloads]
+    wds_side = WebDatasetSide({set_name(k): (shards[k], ["ingest", "make_sample_fn", fn_specs[k]]) for k in workloads}, args.batch, args.procs,
+                              device=args.device)
     side_kwargs = {"batch": args.batch, "map_batch": map_batch, "block_mb": args.block_mb, "data_cpus": args.data_cpus, "prefetch": args.ray_prefetch,
-                   "task_buffer_mb": args.task_buffer_mb}
+                   "task_buffer_mb": args.task_buffer_mb, "device": args.device}
     blocks = alternated_rounds(
         rounds,
         lambda i: ray_block(sets, names, epochs, os.path.join(work, f"ray{i}"), cpus=args.procs + 1, object_store_mb=args.object_store_mb,
@@ -480,15 +513,15 @@ def main() -> None:
     # 224 px set and the large one are streamed under the RSS sampler.
     last = ray_block(sets, ["s224"], 0, os.path.join(work, "ray_memory"), cpus=args.procs + 1, object_store_mb=args.memory_store_mb,
                      dashboard=not args.no_dashboard, memory_sets=("s224", "big224"), **side_kwargs)
-    for s in sizes:
-        summarize(results[s], blocks, f"s{s}")
+    for k in workloads:
+        summarize(results[k], blocks, set_name(k))
     report["ray_idle_cores"] = blocks[-1]["ray"]["idle_cores"]
 
-    rows = [{"size": f"{s}px", "images": sizes[s], "ray img/s": r["ray_images_per_s_median"], "wds img/s": r["webdataset_images_per_s_median"],
+    rows = [{"set": k, "images": workloads[k][2], "ray img/s": r["ray_images_per_s_median"], "wds img/s": r["webdataset_images_per_s_median"],
              "decode ceil": r["decode_ceiling_images_per_s"], "work ceil": r["work_ceiling_images_per_s"],
              "ray/wds": r["ratio_vs_webdataset"], "per round": " ".join(f"{x:.2f}" for x in r["ratio_rounds"]),
              "ray/decode": r["ratio_vs_decode_ceiling"], "ray/work": r["ratio_vs_work_ceiling"],
-             "wds/work": r["webdataset_vs_work_ceiling"]} for s, r in results.items()]
+             "wds/work": r["webdataset_vs_work_ceiling"]} for k, r in results.items()]
     print()
     print_table(rows, list(rows[0]))
     print(f"Ray's processes while the Train worker waits between epochs: {report['ray_idle_cores']:.3f} cores")
@@ -508,10 +541,10 @@ def main() -> None:
     print(f"\npeak RSS (MiB) while streaming, object store {args.memory_store_mb} MiB")
     print_table(mrows, list(mrows[0]))
 
-    report["results"] = {f"{s}px": results[s] for s in sizes}
+    report["results"] = results
     report["memory"] = mem
     for key in ("ratio_vs_webdataset", "ratio_rounds", "ratio_vs_decode_ceiling", "ratio_vs_work_ceiling"):
-        report[key] = {f"{s}px": results[s][key] for s in sizes}
+        report[key] = {k: results[k][key] for k in workloads}
     write_report(args.out, report)
 
 

@@ -51,6 +51,7 @@ class DataConfig:
     shuffle_files: bool = True
     shuffle_buffer: int = 1000  # local shuffle buffer (rows) in each Train worker; 0 = off
     preprocess_cpus: float = 0.5  # CPUs per Ray Data read/map task
+    photometric: str = "reader"  # reader | device: where MoCo-v2 views make their colour jitter, greyscale and blur (data/device_views.py); device = batched on the Train worker's GPU, leaving the read tasks decode + crop + flip
     preprocess_block_mb: float = 64.0  # MiB of preprocessed rows per block (at most preprocess_batch_size rows): Ray pays ~10 ms per block, so small blocks cost throughput (data/reader.py block_rows); 0 = 128 rows
     preprocess_batch_size: int = 1024  # rows per preprocessed block, at most (tiny rows would otherwise make huge blocks)
     task_output_buffer_mb: float = 64.0  # finished blocks a read task may hold before the consumer takes them (Ray's default, 2 blocks, stalled 64 px tasks ~half the time)
@@ -249,6 +250,8 @@ def validate(exp: Experiment) -> None:
         (t.precision in ("fp32", "bf16", "fp16"), f"train.precision must be fp32, bf16 or fp16, got {t.precision!r}"),
         (t.accumulate >= 1, "train.accumulate must be >= 1"),
         (d.bad_samples in ("raise", "skip"), f"data.bad_samples must be raise or skip, got {d.bad_samples!r}"),
+        (d.photometric in ("reader", "device"), f"data.photometric must be reader (views made whole in the read tasks) or device "
+                                                f"(jitter, greyscale and blur batched on the Train worker's device), got {d.photometric!r}"),
         (r.workers >= 0, "run.workers must be >= 0 (0 = run in the driver process, for debugging)"),
         (r.cpus_per_worker > 0, "run.cpus_per_worker must be > 0"),
         (r.gpus_per_worker >= 0, "run.gpus_per_worker must be >= 0"),
@@ -258,6 +261,12 @@ def validate(exp: Experiment) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    if d.photometric == "device" and r.gpus_per_worker == 0:
+        import warnings
+
+        warnings.warn("data.photometric=device without a GPU (run.gpus_per_worker=0): the Train worker's CPU makes the views' "
+                      "jitter/grey/blur in torch, ~45x slower per 224 px view than the read tasks' OpenCV (benchmarks/README.md); "
+                      "use data.photometric=reader on CPU", stacklevel=2)
     if t.precision == "fp16" and r.gpus_per_worker == 0:
         raise ConfigError("train.precision=fp16 needs a GPU (its grad scaler is CUDA-only); use bf16 on CPU")
     check = getattr(exp.method, "validate", None)

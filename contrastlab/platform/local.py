@@ -34,14 +34,14 @@ class LocalRun:
 
 def iter_batches(paths: list[str], sample_fn, required, batch_size: int, *, split: str, seed: int, epoch: int = 0,
                  shuffle_buffer: int = 0, drop_last: bool = False, filesystem=None, policy: str = "raise",
-                 device: str | torch.device = "cpu", mix=None, selection=None) -> Iterator[dict]:
+                 device: str | torch.device = "cpu", mix=None, selection=None, photometric: str = "reader") -> Iterator[dict]:
     """Shards -> preprocessed torch batches in this process. With `shuffle_buffer`, the shard order
     and samples (through a buffer of that many raw samples) are shuffled per (seed, epoch). With a
     `MixPlan` and/or a method's `DataSelection`, each sample appears as many times as they draw (the
     same draw as the Ray reader)."""
     import numpy as np
 
-    fn = PreprocessBatches(sample_fn, tuple(required), policy, None, seed, split, epoch=epoch)
+    fn = PreprocessBatches(sample_fn, tuple(required), policy, None, seed, split, epoch=epoch, photometric=photometric)
     rng = random.Random(seed * 7919 + epoch)
     order = list(paths)
     if shuffle_buffer:
@@ -107,7 +107,7 @@ def run_local(method_name: str, sets: list[str] | None = None, *, exp: Experimen
         fn, required = preprocess["train" if split == "train" else "eval"]
         return iter_batches(sources.get(split, []), fn, required, exp.train.batch_size, split=split, seed=exp.run.seed,
                             epoch=epoch, shuffle_buffer=exp.data.shuffle_buffer if shuffle else 0, drop_last=drop_last,
-                            filesystem=plan.filesystem, policy=exp.data.bad_samples, device=device,
+                            filesystem=plan.filesystem, policy=exp.data.bad_samples, device=device, photometric=exp.data.photometric,
                             mix=plan.mix if split == "train" else None,
                             selection=ctx.data_selection if split == "train" else None)
 

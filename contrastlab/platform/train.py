@@ -30,6 +30,7 @@ from torch import nn
 from contrastlab.methods.base import OptimSpec
 from contrastlab.platform import distributed as dist_utils
 from contrastlab.platform.config import Experiment
+from contrastlab.platform.data.device_views import finishing_views
 from contrastlab.platform.tb import TBLogger
 
 STATE_FILE = "state.pt"
@@ -425,6 +426,7 @@ def run_epochs(ctx: StepContext, batches: Callable, report: Callable, *, start_e
     """
     method, exp, t_cfg, rank = ctx.method, ctx.exp, ctx.exp.train, ctx.rank
     tb = ctx.tb
+    batches = finishing_views(batches)  # data.photometric=device: views' jitter/grey/blur, batched on ctx.device
     ctx.datasets = {s: (lambda s=s: batches(s)) for s in ("eval", "train_eval")}
     eval_fn = lambda: batches("eval")  # noqa: E731
     phases = _epochs_of(method) or [("main", t_cfg.epochs)]

@@ -21,6 +21,17 @@ METHODS = [m for m in available() if m not in ("clip", "declip")]  # those two h
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trains_and_evaluates_through_ray(ray_cluster, tmp_path_factory, method):
+    _train_tiny_through_ray(tmp_path_factory, method)
+
+
+def test_deferred_photometric_views_train_through_ray(ray_cluster, tmp_path_factory):
+    """data.photometric=device end to end: DeCLIP's MoCo-v2 views are cropped and flipped in the Ray
+    Data tasks, their jitter/grey/blur parameters ride along as columns, and the Train worker finishes
+    them before the step (data/device_views.py)."""
+    _train_tiny_through_ray(tmp_path_factory, "declip", ["data.photometric=device", "train.epochs=2"])
+
+
+def _train_tiny_through_ray(tmp_path_factory, method: str, extra_sets: tuple[str, ...] = ()):
     from contrastlab.platform.runner import train
 
     cls = get_method(method)
@@ -28,7 +39,7 @@ def test_method_trains_and_evaluates_through_ray(ray_cluster, tmp_path_factory, 
     storage = tmp_path_factory.mktemp(f"runs-{method}")
     sets = [f"{k}={v}" for k, v in getattr(cls, "smoke_overrides", {}).items()]
     sets += ["train.max_steps_per_epoch=2", "train.eval_every_epochs=1000", "data.preprocess_cpus=0.5",
-             "run.cpus_per_worker=0.5", f"data.cache_dir={cache}"]
+             "run.cpus_per_worker=0.5", f"data.cache_dir={cache}", *extra_sets]
     exp = build_experiment(method, sets=sets)
     metrics = train(exp, name=f"{method}-tiny", storage=str(storage))
     value = metrics.get(cls.eval_metric)

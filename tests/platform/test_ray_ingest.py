@@ -167,3 +167,28 @@ def test_build_dataset_reads_the_cluster_store(ray_cluster):
 
     nodes = _ray_nodes()
     assert nodes and all(cpus >= 1 and store > 0 for cpus, store in nodes)
+
+
+def test_deferred_photometric_columns_travel_through_ray_data(ray_cluster, tmp_path):
+    """data.photometric=device: read tasks emit the cropped view plus its drawn parameters; finished
+    on the consumer, the rows match the views the read tasks make whole (same draws, same keys)."""
+    import torch
+
+    from contrastlab.platform.data.augment import moco_v2_view, to_chw
+    from contrastlab.platform.data.device_views import finish_views
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(24)]
+    paths = write_shards(((f"{i:05d}", {"jpg": encode_jpeg(imgs[i]), "json": {"index": i}}) for i in range(24)), tmp_path, maxcount=12)
+    fn = lambda s, rng: {"view": to_chw(moco_v2_view(s["jpg"], 32, rng))}  # noqa: E731
+    whole = {int(r["index"]): r["view"] for r in build_dataset(paths, fn, required=("jpg",), cpus=0.25).take_all()}
+    ds = build_dataset(paths, fn, required=("jpg",), cpus=0.25, photometric="device")
+    assert "view@photometric" in ds.schema().names
+    n = 0
+    for batch in ds.iter_torch_batches(batch_size=10):
+        finished = finish_views(batch)
+        assert "view@photometric" not in finished
+        for index, view in zip(finished["index"].tolist(), finished["view"].numpy()):
+            assert np.abs(view.astype(int) - whole[index]).mean() < 0.5
+            n += 1
+    assert n == 24

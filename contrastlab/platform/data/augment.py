@@ -14,6 +14,8 @@ sigma truncated at 3 sigma (PIL's GaussianBlur approximates one with box filters
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import warnings
 
@@ -124,25 +126,50 @@ def hue_rotation(angle: float) -> np.ndarray:
     return (_FROM_YIQ @ rot @ _TO_YIQ).astype(np.float32)
 
 
+def draw_color_jitter(rng: np.random.Generator, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
+                      p: float = 0.8) -> tuple[np.ndarray, np.ndarray] | None:
+    """ColorJitter's random draws, in torchvision's order: the coin (p), the order of the four ops,
+    then each enabled op's factor as its turn comes. Returns (order, factors) - factors are
+    (brightness, contrast, saturation, hue angle in radians), 1/1/1/0 for an op that is off - or
+    None when the coin says no jitter. One source of the draws for both the CPU and device paths."""
+    if rng.random() >= p:
+        return None
+    order = rng.permutation(4)
+    factors = np.array([1.0, 1.0, 1.0, 0.0])
+    for op in order:
+        if op == 0 and brightness:
+            factors[0] = rng.uniform(1 - brightness, 1 + brightness)
+        elif op == 1 and contrast:
+            factors[1] = rng.uniform(1 - contrast, 1 + contrast)
+        elif op == 2 and saturation:
+            factors[2] = rng.uniform(1 - saturation, 1 + saturation)
+        elif op == 3 and hue:
+            factors[3] = rng.uniform(-hue, hue) * 2 * math.pi
+    return order, factors
+
+
 def color_jitter(img: np.ndarray, rng: np.random.Generator, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p: float = 0.8) -> np.ndarray:
     """ColorJitter of a uint8 RGB image with probability p: brightness, contrast, saturation and hue
     in random order, each factor drawn as torchvision draws it, each op back to uint8 as on PIL."""
-    if rng.random() >= p:
-        return img
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"color_jitter needs a uint8 HxWx3 RGB image, got {img.dtype} {img.shape}")
+    drawn = draw_color_jitter(rng, brightness, contrast, saturation, hue, p)
+    return img if drawn is None else apply_color_jitter(img, *drawn)
+
+
+def apply_color_jitter(img: np.ndarray, order, factors) -> np.ndarray:
+    """The four colour ops in `order`, each rounded and clipped to uint8 (neutral factors skip an op)."""
     eye = np.eye(3, dtype=np.float32)
-    for op in rng.permutation(4):
-        if op == 0 and brightness:
-            img = _affine(img, eye * rng.uniform(1 - brightness, 1 + brightness))
-        elif op == 1 and contrast:
-            f = rng.uniform(1 - contrast, 1 + contrast)
+    for op in order:
+        f = float(factors[op])
+        if op == 0 and f != 1.0:
+            img = _affine(img, eye * f)
+        elif op == 1 and f != 1.0:
             img = _affine(img, eye * f, (1 - f) * grey_mean(img))  # blend with the mean grey
-        elif op == 2 and saturation:
-            f = rng.uniform(1 - saturation, 1 + saturation)
+        elif op == 2 and f != 1.0:
             img = _affine(img, eye * f + (1 - f) * GREY_WEIGHTS[None, :])  # blend with the luma image
-        elif op == 3 and hue:
-            img = _affine(img, hue_rotation(rng.uniform(-hue, hue) * 2 * math.pi))
+        elif op == 3 and f != 0.0:
+            img = _affine(img, hue_rotation(f))
     return img
 
 
@@ -152,28 +179,110 @@ def random_grayscale(img: np.ndarray, rng: np.random.Generator, p: float = 0.2) 
     return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
 
 
+def draw_blur_sigma(rng: np.random.Generator, sigma=(0.1, 2.0), p: float = 0.5) -> float:
+    """GaussianBlur's draws: the coin (p), then sigma ~ U(sigma); 0.0 = no blur."""
+    if rng.random() >= p:
+        return 0.0
+    return float(rng.uniform(*sigma))
+
+
+def blur_kernel_size(sigma: float) -> int:
+    return 2 * math.ceil(3 * sigma) + 1  # truncated at 3 sigma
+
+
 def gaussian_blur(img: np.ndarray, rng: np.random.Generator, sigma=(0.1, 2.0), p: float = 0.5) -> np.ndarray:
     """With probability p, a Gaussian blur of sigma ~ U(sigma) (kernel 2*ceil(3 sigma)+1, mirrored border)."""
-    if rng.random() >= p:
-        return img
-    s = rng.uniform(*sigma)
-    k = 2 * math.ceil(3 * s) + 1
-    out = cv2.GaussianBlur(img, (k, k), s, borderType=cv2.BORDER_REFLECT_101)
+    s = draw_blur_sigma(rng, sigma, p)
+    return apply_gaussian_blur(img, s) if s > 0 else img
+
+
+def apply_gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    k = blur_kernel_size(sigma)
+    out = cv2.GaussianBlur(img, (k, k), sigma, borderType=cv2.BORDER_REFLECT_101)
     return out[:, :, None] if img.ndim == 3 and out.ndim == 2 else out
 
 
-def moco_v2_view(img: np.ndarray, size: int, rng: np.random.Generator, crop_scale=(0.2, 1.0), blur: bool = True) -> np.ndarray:
-    """The MoCo-v2 'aug+' recipe used by DeCLIP/IFND: crop, jitter p=.8, grey p=.2, blur p=.5, flip."""
+# --------------------------------------------------------------------------- deferred photometric ops
+# `data.photometric = device` moves a view's colour jitter, greyscale and blur from the CPU read tasks
+# to the Train worker's device (device_views.py), where a whole batch takes them at once: on a GPU
+# they cost next to nothing, and the read tasks are left with decode + crop + flip. The reader still
+# draws every random parameter, in the same order, so a view's crop, coin flips and factors do not
+# depend on where its pixels are made. The parameters travel beside the view as a float32 column.
+PHOTOMETRIC_SUFFIX = "@photometric"  # column `<view>@photometric` holds `<view>`'s deferred parameters
+# Layout of the parameter vector: the jitter's op order (4 op ids), its factors (brightness, contrast,
+# saturation, hue angle in radians; 1/1/1/0 = off), greyscale (0/1), blur sigma (0 = off).
+P_ORDER, P_FACTORS, P_GREY, P_BLUR, N_PHOTOMETRIC = slice(0, 4), slice(4, 8), 8, 9, 10
+PHOTOMETRIC_PLACES = ("reader", "device")
+_photometric_place: contextvars.ContextVar[str] = contextvars.ContextVar("contrastlab_photometric", default="reader")
+
+
+class DeferredView:
+    """A view whose photometric ops are still to be done on the Train worker's device: the cropped
+    and flipped uint8 pixels plus the drawn parameters. The reader turns it into two columns."""
+
+    __slots__ = ("pixels", "params")
+
+    def __init__(self, pixels: np.ndarray, params: np.ndarray):
+        self.pixels, self.params = pixels, params
+
+    def __repr__(self) -> str:
+        return f"DeferredView(pixels {self.pixels.dtype}{list(self.pixels.shape)}, params {self.params.tolist()})"
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("a DeferredView (data.photometric=device) is not an array yet: return it from the sample "
+                        "function as a column of its own (to_chw is fine); the Train worker finishes it")
+
+
+@contextlib.contextmanager
+def photometric_place(place: str):
+    """Within this block, views whose recipe supports it (`moco_v2_view`) defer their photometric ops
+    when `place` is "device". The platform wraps each method's per-sample function in it."""
+    if place not in PHOTOMETRIC_PLACES:
+        raise ValueError(f"data.photometric must be one of {PHOTOMETRIC_PLACES}, got {place!r}")
+    token = _photometric_place.set(place)
+    try:
+        yield
+    finally:
+        _photometric_place.reset(token)
+
+
+def photometric_params(jitter, grey: bool, blur_sigma: float) -> np.ndarray:
+    """Drawn photometric parameters -> the float32 vector the device path reads."""
+    params = np.zeros(N_PHOTOMETRIC, np.float32)
+    order, factors = jitter if jitter is not None else (np.arange(4), np.array([1.0, 1.0, 1.0, 0.0]))
+    params[P_ORDER], params[P_FACTORS] = order, factors
+    params[P_GREY], params[P_BLUR] = float(grey), blur_sigma
+    return params
+
+
+def moco_v2_view(img: np.ndarray, size: int, rng: np.random.Generator, crop_scale=(0.2, 1.0), blur: bool = True,
+                 photometric: str | None = None) -> np.ndarray | DeferredView:
+    """The MoCo-v2 'aug+' recipe used by DeCLIP/IFND: crop, jitter p=.8, grey p=.2, blur p=.5, flip.
+
+    `photometric`: "reader" makes the whole view here; "device" returns a `DeferredView` (crop and
+    flip done, jitter/grey/blur drawn but left to the Train worker's device); None = the platform's
+    setting for this run (`data.photometric`). The random draws are the same either way."""
     x = random_resized_crop(img, size, rng, scale=crop_scale)
-    x = color_jitter(x, rng)
-    x = random_grayscale(x, rng)
-    if blur:
-        x = gaussian_blur(x, rng)
-    return hflip(x, rng)
+    jitter = draw_color_jitter(rng)
+    grey = rng.random() < 0.2
+    sigma = draw_blur_sigma(rng) if blur else 0.0
+    flip = rng.random() < 0.5
+    if (photometric or _photometric_place.get()) == "device":
+        # flip commutes with all three (per-pixel ops; a symmetric kernel on a mirrored border)
+        return DeferredView(cv2.flip(x, 1) if flip else x, photometric_params(jitter, grey, sigma))
+    if jitter is not None:
+        x = apply_color_jitter(x, *jitter)
+    if grey:
+        x = cv2.cvtColor(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    if sigma > 0:
+        x = apply_gaussian_blur(x, sigma)
+    return cv2.flip(x, 1) if flip else x
 
 
-def to_chw(img: np.ndarray) -> np.ndarray:
+def to_chw(img: np.ndarray | DeferredView) -> np.ndarray | DeferredView:
     """HxWxC uint8 -> CxHxW uint8 (converted to float and normalised on the Train worker)."""
+    if isinstance(img, DeferredView):
+        return DeferredView(to_chw(img.pixels), img.params)
     if img.ndim == 2:
         return np.ascontiguousarray(img[None])
     if img.shape[2] == 1:

@@ -21,7 +21,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..config import DataConfig
+from .augment import PHOTOMETRIC_SUFFIX, DeferredView, photometric_place
 from .codecs import DecodeError, decode_jpeg, decode_json, decode_npy, decode_png, decode_text
+from .tar_stream import iter_tar_members
 
 log = logging.getLogger(__name__)
 
@@ -100,27 +102,35 @@ def _handle_bad(policy: str, run_state_name: str | None, shard: str, key: str | 
 
 
 # --------------------------------------------------------------------------- reading tars
+def _split_member(name: str) -> tuple[str, str] | None:
+    """'dir/00001.seg.png' -> ('dir/00001', 'seg.png'); None for names without an extension or hidden."""
+    base = name.rsplit("/", 1)[-1]
+    if "." not in base or base.startswith("."):
+        return None
+    stem, ext = base.split(".", 1)
+    return name[: len(name) - len(base)] + stem, ext
+
+
 def iter_tar_samples(stream, shard: str, policy: str, run_state_name: str | None = None) -> Iterator[dict]:
     """Group contiguous `key.ext` members into samples {"__key__", "__url__", ext: bytes}."""
     current: dict | None = None
     reading: str | None = None  # key of the member being read when the stream broke
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                base = info.name.rsplit("/", 1)[-1]
-                if "." not in base or base.startswith("."):
-                    continue
-                key, ext = base.split(".", 1)
-                reading = key = info.name[: len(info.name) - len(base)] + key
-                data = tar.extractfile(info).read()
-                if current is None or current["__key__"] != key:
-                    if current is not None:
-                        yield current
-                    current = {"__key__": key, "__url__": shard}
-                current[ext.lower()] = data
+        for name, data in iter_tar_members(stream):
+            member = _split_member(name)
+            if member is None:
+                continue
+            reading = key = member[0]
+            ext = member[1]
+            if current is None or current["__key__"] != key:
+                if current is not None:
+                    yield current
+                current = {"__key__": key, "__url__": shard}
+            current[ext.lower()] = data
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        broken = _split_member(getattr(exc, "member", None) or "")  # the member whose data was cut short, when known
+        if broken is not None:
+            reading = broken[0]
         if current is not None and reading is not None and reading != current["__key__"]:
             yield current  # complete: the break happened in the next sample
             current = None
@@ -259,6 +269,9 @@ def preprocess_sample(members: dict, key: str, shard: str, sample_fn: SampleFn, 
         raise DecodeError(f"missing member(s) {missing} that this method needs (present: {sorted(c for c in sample if c != '__key__')})")
     sample["index"] = sample_index(key, sample.get("json"), shard)
     out = sample_fn(sample, sample_rng(seed, epoch, key, repeat))
+    for name in [k for k, v in out.items() if isinstance(v, DeferredView)]:  # data.photometric=device
+        view = out[name]
+        out[name], out[name + PHOTOMETRIC_SUFFIX] = view.pixels, view.params
     out["index"] = np.int64(sample["index"])
     if source is not None:
         out["source"] = np.int64(source)
@@ -271,11 +284,14 @@ class PreprocessBatches:
     `sample_fn(sample, rng) -> dict[str, np.ndarray | number]` sees decoded members by extension
     (`sample["jpg"]` uint8 HxWx3, `sample["txt"]` str, `sample["json"]` dict, ...) plus `index` and
     `__key__`. It raises `DecodeError` (or KeyError/ValueError) for a bad sample.
+    `photometric` ("reader" | "device", `data.photometric`): where views that support it make their
+    colour jitter, greyscale and blur (augment.moco_v2_view, device_views.py).
     """
 
     def __init__(self, sample_fn: SampleFn, required: tuple[str, ...], policy: str, run_state_name: str | None, seed: int, split: str,
-                 epoch: int | None = None):
+                 epoch: int | None = None, photometric: str = "reader"):
         self.sample_fn, self.required, self.policy = sample_fn, required, policy
+        self.photometric = photometric
         self.run_state_name, self.seed, self.split = run_state_name, seed, split
         self.epoch = epoch  # fixed epoch for in-process use; None = ask the run's epoch clock
 
@@ -302,17 +318,18 @@ class PreprocessBatches:
         sources, repeats = batch.get("__source__"), batch.get("__repeat__")  # set when sources are mixed
         columns = [c for c in batch if not c.startswith("__")]
         outputs: list[dict] = []
-        for row in range(len(keys)):
-            key, shard = str(keys[row]), str(urls[row])
-            try:
-                members = {col: batch[col][row] for col in columns}
-                outputs.append(preprocess_sample(members, key, shard, self.sample_fn, self.required, self.seed, epoch,
-                                                 repeat=int(repeats[row]) if repeats is not None else 0,
-                                                 source=int(sources[row]) if sources is not None else None))
-            except BadSampleError:
-                raise
-            except (DecodeError, KeyError, ValueError, TypeError) as exc:
-                _handle_bad(self.policy, self.run_state_name, shard, key, f"{type(exc).__name__}: {exc}")
+        with photometric_place(self.photometric):
+            for row in range(len(keys)):
+                key, shard = str(keys[row]), str(urls[row])
+                try:
+                    members = {col: batch[col][row] for col in columns}
+                    outputs.append(preprocess_sample(members, key, shard, self.sample_fn, self.required, self.seed, epoch,
+                                                     repeat=int(repeats[row]) if repeats is not None else 0,
+                                                     source=int(sources[row]) if sources is not None else None))
+                except BadSampleError:
+                    raise
+                except (DecodeError, KeyError, ValueError, TypeError) as exc:
+                    _handle_bad(self.policy, self.run_state_name, shard, key, f"{type(exc).__name__}: {exc}")
         if not outputs:
             return {}
         return {name: np.stack([o[name] for o in outputs]) for name in outputs[0]}
@@ -334,6 +351,7 @@ def build_dataset(
     block_mb: float = DataConfig.preprocess_block_mb,
     mix=None,
     task_output_buffer_mb: float = DataConfig.task_output_buffer_mb,
+    photometric: str = DataConfig.photometric,
 ):
     """shards -> Ray Dataset of preprocessed numpy rows (lazy, streaming).
 
@@ -352,8 +370,8 @@ def build_dataset(
     """
     import ray.data
 
-    fn = PreprocessBatches(sample_fn, required, policy, run_state_name, seed, split)
-    row_bytes = estimate_row_bytes(paths, sample_fn, required, seed, split, filesystem)
+    fn = PreprocessBatches(sample_fn, required, policy, run_state_name, seed, split, photometric=photometric)
+    row_bytes = estimate_row_bytes(paths, sample_fn, required, seed, split, filesystem, photometric=photometric)
     budget_mb = read_task_store_budget_mb(_ray_nodes(), cpus, len(paths))
     if budget_mb is not None and block_mb > 0:
         block_mb, task_output_buffer_mb = fit_blocks_to_store(block_mb, task_output_buffer_mb, budget_mb)
@@ -459,7 +477,7 @@ def set_task_output_buffer(context, buffer_mb: float, block_bytes: float) -> int
 
 
 def estimate_row_bytes(paths: list[str], sample_fn: SampleFn, required: tuple[str, ...], seed: int, split: str,
-                       filesystem=None, n: int = 4) -> float | None:
+                       filesystem=None, n: int = 4, photometric: str = DataConfig.photometric) -> float | None:
     """Bytes of one preprocessed row, from the first `n` samples of the first shard (None if unreadable)."""
     if not paths:
         return None
@@ -471,7 +489,8 @@ def estimate_row_bytes(paths: list[str], sample_fn: SampleFn, required: tuple[st
                 rows.append(sample)
                 if len(rows) >= n:
                     break
-        out = PreprocessBatches(sample_fn, required, "raise", None, seed, split, epoch=0)(rows_to_batch(rows)) if rows else {}
+        out = PreprocessBatches(sample_fn, required, "raise", None, seed, split, epoch=0,
+                                photometric=photometric)(rows_to_batch(rows)) if rows else {}
         if not out:
             return None
         count = len(next(iter(out.values())))

@@ -1,0 +1,100 @@
+"""The streaming tar reader (data/tar_stream.py) against archives written by Python's tarfile and by
+webdataset's TarWriter, in every header format, compressed, and cut or corrupted."""
+import io
+import tarfile
+
+import pytest
+
+from contrastlab.platform.data.tar_stream import iter_tar_members
+
+LONG = "deep/" * 30 + "x" * 40 + ".jpg"  # 190 characters: past ustar's 100-byte name
+
+
+def _tar(members, fmt=tarfile.PAX_FORMAT, mode="w", extra=None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode, format=fmt) as tar:
+        if extra:
+            extra(tar)
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+MEMBERS = [("00000.jpg", b"\xff\xd8" + bytes(range(256)) * 3), ("00000.json", b'{"index": 0}'), ("00001.txt", b""),
+           ("dir/00002.txt", "ünïcode".encode()), ("pre/" * 20 + "n.txt", b"prefix-split name"), (LONG, b"long name")]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_reads_what_tarfile_writes(fmt):
+    members = [m for m in MEMBERS if fmt != tarfile.USTAR_FORMAT or m[0] != LONG]  # ustar cannot hold LONG
+    assert list(iter_tar_members(io.BytesIO(_tar(members, fmt)))) == members
+
+
+def test_pax_headers_for_non_ascii_names_and_directories_and_links_are_skipped():
+    def extra(tar):
+        d = tarfile.TarInfo("somedir")
+        d.type = tarfile.DIRTYPE
+        tar.addfile(d)
+        link = tarfile.TarInfo("alink")
+        link.type, link.linkname = tarfile.SYMTYPE, "x" * 200  # a GNU/pax long link name too
+        tar.addfile(link)
+
+    members = [("café/00000.txt", b"pax path"), ("00001.txt", b"x" * 1025)]
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        assert list(iter_tar_members(io.BytesIO(_tar(members, fmt, extra=extra)))) == members
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w:bz2", "w:xz"])
+def test_compressed_streams_go_through_tarfile(mode):
+    assert list(iter_tar_members(io.BytesIO(_tar(MEMBERS, mode=mode)))) == MEMBERS
+
+
+def test_webdataset_tarwriter_shards():
+    import webdataset as wds
+
+    buf = io.BytesIO()
+    with wds.TarWriter(buf) as sink:
+        for i in range(3):
+            sink.write({"__key__": f"{i:05d}", "jpg": b"\xff\xd8jpeg", "txt": f"caption {i}", "json": {"index": i}})
+    names = [n for n, _ in iter_tar_members(io.BytesIO(buf.getvalue()))]
+    assert names == [f"{i:05d}.{e}" for i in range(3) for e in ("jpg", "json", "txt")]
+
+
+def test_a_stream_that_returns_short_reads():
+    class Trickle(io.RawIOBase):
+        def __init__(self, data):
+            self.data, self.pos = data, 0
+
+        def readable(self):
+            return True
+
+        def read(self, n=-1):
+            n = min(n if n >= 0 else len(self.data), 100)  # at most 100 bytes per call
+            out = self.data[self.pos : self.pos + n]
+            self.pos += len(out)
+            return out
+
+    assert list(iter_tar_members(Trickle(_tar(MEMBERS)))) == MEMBERS
+
+
+def test_cut_and_corrupt_archives_raise_read_errors():
+    data = _tar(MEMBERS)
+    first_data_end = 512 + 512 * 2  # header + 770 bytes of 00000.jpg padded to 1024
+    with pytest.raises(tarfile.ReadError, match="unexpected end of data.*needs 770 bytes"):
+        list(iter_tar_members(io.BytesIO(data[:512 + 100])))
+    with pytest.raises(tarfile.ReadError, match="a 100-byte header"):
+        list(iter_tar_members(io.BytesIO(data[:first_data_end + 100])))
+    assert len(list(iter_tar_members(io.BytesIO(data[:first_data_end])))) == 1  # ends on a member boundary: fine
+    corrupt = bytearray(data)
+    corrupt[first_data_end + 10] ^= 0x55  # a byte of the second header's name
+    got = []
+    with pytest.raises(tarfile.ReadError, match="bad checksum"):
+        for member in iter_tar_members(io.BytesIO(bytes(corrupt))):
+            got.append(member)
+    assert got == MEMBERS[:1]
+    with pytest.raises(tarfile.ReadError, match="empty file"):
+        list(iter_tar_members(io.BytesIO(b"")))
+    with pytest.raises(tarfile.ReadError, match="corrupt tar header at offset 0"):
+        list(iter_tar_members(io.BytesIO(b"not a tar" * 100)))
