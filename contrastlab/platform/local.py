@@ -20,6 +20,7 @@ import torch
 
 from contrastlab.platform.config import Experiment, build_experiment
 from contrastlab.platform.data.reader import PreprocessBatches, epoch_rows, iter_tar_samples
+from contrastlab.platform.data.tar_stream import TAR_READ_BUFFER
 from contrastlab.platform.tb import TBLogger
 
 
@@ -50,7 +51,7 @@ def iter_batches(paths: list[str], sample_fn, required, batch_size: int, *, spli
     def raw_samples():
         buffer: list[dict] = []
         for path in order:
-            stream = filesystem.open_input_stream(path) if filesystem is not None else open(path, "rb")
+            stream = filesystem.open_input_stream(path, buffer_size=TAR_READ_BUFFER) if filesystem is not None else open(path, "rb")
             with stream:
                 for raw in iter_tar_samples(stream, path, policy):
                     chosen = (raw,) if mix is None and selection is None else epoch_rows(raw, path, seed, epoch, mix, selection)

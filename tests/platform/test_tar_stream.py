@@ -87,6 +87,8 @@ def test_cut_and_corrupt_archives_raise_read_errors():
     with pytest.raises(tarfile.ReadError, match="a 100-byte header"):
         list(iter_tar_members(io.BytesIO(data[:first_data_end + 100])))
     assert len(list(iter_tar_members(io.BytesIO(data[:first_data_end])))) == 1  # ends on a member boundary: fine
+    end = len(data) - data[::-1].find(b"long name"[::-1]) + (-9) % 512  # just past the last member's padding
+    assert len(list(iter_tar_members(io.BytesIO(data[:end + 100])))) == len(MEMBERS)  # end-of-archive zeros cut short: fine
     corrupt = bytearray(data)
     corrupt[first_data_end + 10] ^= 0x55  # a byte of the second header's name
     got = []
@@ -98,3 +100,27 @@ def test_cut_and_corrupt_archives_raise_read_errors():
         list(iter_tar_members(io.BytesIO(b"")))
     with pytest.raises(tarfile.ReadError, match="corrupt tar header at offset 0"):
         list(iter_tar_members(io.BytesIO(b"not a tar" * 100)))
+
+
+def test_reads_through_pyarrow_streams_as_remote_shards_are_opened(tmp_path):
+    """Remote shards arrive as pyarrow streams (s3://, gs://): buffered as the platform opens them, and
+    unbuffered, they give the same samples as a local file."""
+    import numpy as np
+    from pyarrow import fs
+
+    from contrastlab.platform.data.codecs import encode_jpeg
+    from contrastlab.platform.data.reader import iter_tar_samples
+    from contrastlab.platform.data.shards import write_shards
+    from contrastlab.platform.data.tar_stream import TAR_READ_BUFFER
+    from contrastlab.platform.local import iter_batches
+
+    img = encode_jpeg(np.zeros((8, 8, 3), np.uint8))
+    paths = write_shards(((f"{i:05d}", {"jpg": img, "txt": "x" * i, "json": {"index": i}}) for i in range(30)), tmp_path, maxcount=10)
+    local = [s for p in paths for s in iter_tar_samples(open(p, "rb"), p, "raise")]
+    arrow = fs.LocalFileSystem()
+    for buffer_size in (TAR_READ_BUFFER, None):
+        got = [s for p in paths for s in iter_tar_samples(arrow.open_input_stream(p, buffer_size=buffer_size), p, "raise")]
+        assert got == local and len(got) == 30
+    fn = lambda s, rng: {"n": np.int64(len(s["txt"]))}  # noqa: E731
+    batches = list(iter_batches(paths, fn, ("txt",), 30, split="eval", seed=0, filesystem=arrow))
+    assert sorted(batches[0]["n"].tolist()) == list(range(30))

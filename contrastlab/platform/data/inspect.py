@@ -7,6 +7,7 @@ import tarfile
 from .codecs import DecodeError
 from .paths import resolve_shards
 from .reader import decode_member, iter_tar_samples, sample_index
+from .tar_stream import TAR_READ_BUFFER
 
 
 def inspect_shards(pattern: str, decode: int = 32) -> dict:
@@ -14,7 +15,7 @@ def inspect_shards(pattern: str, decode: int = 32) -> dict:
     members: collections.Counter = collections.Counter()
     n, errors, example, decoded = 0, [], None, 0
     for path in paths:
-        stream = fs.open_input_stream(path) if fs is not None else open(path, "rb")
+        stream = fs.open_input_stream(path, buffer_size=TAR_READ_BUFFER) if fs is not None else open(path, "rb")
         with stream:
             try:
                 for sample in iter_tar_samples(stream, path, "raise"):

@@ -23,7 +23,7 @@ import numpy as np
 from ..config import DataConfig
 from .augment import PHOTOMETRIC_SUFFIX, DeferredView, photometric_place
 from .codecs import DecodeError, decode_jpeg, decode_json, decode_npy, decode_png, decode_text
-from .tar_stream import iter_tar_members
+from .tar_stream import TAR_READ_BUFFER, iter_tar_members
 
 log = logging.getLogger(__name__)
 
@@ -482,7 +482,7 @@ def estimate_row_bytes(paths: list[str], sample_fn: SampleFn, required: tuple[st
     if not paths:
         return None
     try:
-        stream = filesystem.open_input_stream(paths[0]) if filesystem is not None else open(paths[0], "rb")
+        stream = filesystem.open_input_stream(paths[0], buffer_size=TAR_READ_BUFFER) if filesystem is not None else open(paths[0], "rb")
         with stream:
             rows = []
             for sample in iter_tar_samples(stream, paths[0], "raise"):

@@ -7,6 +7,10 @@ a few slices, an octal parse and a checksum. Handled: ustar (with its name prefi
 (type L), pax extended headers (path and size), v7 headers; other member types (directories, links)
 are skipped. A compressed stream (gzip, bzip2, xz) is handed to `tarfile`, which decompresses it.
 
+It reads twice per member (header, then data): give it a buffered stream - Python's `open(path, "rb")`,
+or pyarrow's `open_input_stream(path, buffer_size=TAR_READ_BUFFER)`, as the platform's readers do (Ray
+Data opens its files with a 32 MiB buffer). An unbuffered remote stream would make every read a request.
+
 Errors are `tarfile.ReadError`, which the reader's bad-sample policy already handles: a header whose
 checksum is wrong, a stream that ends inside a header or a member (then the error's `member` names it). `tarfile` stops quietly at a bad
 header after the first; this reader says so, since the rest of the shard is lost either way.
@@ -17,6 +21,7 @@ import tarfile
 from typing import BinaryIO, Iterator
 
 BLOCK = 512
+TAR_READ_BUFFER = 1 << 20  # bytes: the buffer to open a remote shard with (pyarrow's default is none)
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 _REGULAR = (b"0", b"\x00", b"7")  # regular file, old-style regular file, contiguous file
 _POSIX_MAGIC = b"ustar\x0000"
@@ -34,8 +39,8 @@ def iter_tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
     long_name: str | None = None
     pax: dict[str, str] = {}
     while True:
-        if header.count(0) == BLOCK:
-            return  # end-of-archive marker
+        if header.count(0) == len(header):
+            return  # end-of-archive marker (or its first bytes, where a copy cut it short)
         if len(header) < BLOCK:
             raise tarfile.ReadError(f"unexpected end of data: a {len(header)}-byte header at offset {offset}")
         _check_sum(header, offset)
