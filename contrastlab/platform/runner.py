@@ -79,16 +79,16 @@ def _plan_mix(exp: Experiment, sources: list[list[str]], fs):
 
 def _count_samples(paths: list[str], fs) -> int:
     """One counting pass over the shards (only when neither a manifest nor data.samples_per_epoch says)."""
-    import tarfile
+    from contrastlab.platform.data.reader import iter_tar_samples
+    from contrastlab.platform.data.tar_stream import TAR_READ_BUFFER
 
     print(f"[contrastlab] counting samples in {len(paths)} shard(s) (no manifest; set data.samples_per_epoch to skip this)")
-    keys = 0
-    for p in paths:
-        stream = fs.open_input_stream(p) if fs is not None else open(p, "rb")
-        with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            seen = {m.name.rsplit("/", 1)[-1].split(".", 1)[0] for m in tar if m.isreg()}
-        keys += len(seen)
-    return keys
+    count = 0
+    for p in paths:  # samples exactly as the reader groups them
+        stream = fs.open_input_stream(p, buffer_size=TAR_READ_BUFFER) if fs is not None else open(p, "rb")
+        with stream:
+            count += sum(1 for _ in iter_tar_samples(stream, p, "skip"))  # what the reader can read
+    return count
 
 
 def plan_resources(exp: Experiment, cluster_cpus: float, concurrent_trials: int = 1, driver_cpus: float = 0.01) -> None:

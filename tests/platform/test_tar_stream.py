@@ -124,3 +124,21 @@ def test_reads_through_pyarrow_streams_as_remote_shards_are_opened(tmp_path):
     fn = lambda s, rng: {"n": np.int64(len(s["txt"]))}  # noqa: E731
     batches = list(iter_batches(paths, fn, ("txt",), 30, split="eval", seed=0, filesystem=arrow))
     assert sorted(batches[0]["n"].tolist()) == list(range(30))
+
+
+def test_samples_are_counted_as_the_reader_groups_them_when_there_is_no_manifest(tmp_path, capsys):
+    """Shards from elsewhere (no contrastlab manifest) are counted in one pass with the same reader:
+    keys in sub-folders stay distinct, and a cut shard counts the samples that can be read."""
+    import glob
+    import os
+
+    from contrastlab.platform.runner import _source_count
+
+    buf = _tar([(f"{d}/{i:03d}.{ext}", b"x") for d in ("a", "b") for i in range(5) for ext in ("jpg", "txt")])
+    whole, cut = tmp_path / "whole.tar", tmp_path / "cut.tar"
+    whole.write_bytes(buf)
+    cut.write_bytes(buf[: 512 * 7 + 10])  # cut inside the 4th member: sample a/000 and 1 member of a/001
+    assert not glob.glob(os.path.join(tmp_path, "*.manifest.json"))
+    assert _source_count([str(whole)], None) == 10  # a/000 and b/000 are different samples
+    assert _source_count([str(whole), str(cut)], None) == 11
+    assert "counting samples in 2 shard(s)" in capsys.readouterr().out
