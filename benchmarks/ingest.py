@@ -4,10 +4,15 @@ against the decode-only ceiling of the decoder the pipeline uses; plus the peak 
 and of every Ray process while streaming shard sets larger than the object store.
 
 Data: JPEG (quality 90) + json shards written with `write_shards`, cut from sklearn's two sample
-photos (random square crops resized to 64 and 224 px). Each sample is decoded with
-`codecs.decode_jpeg` (simplejpeg), its json parsed, and two views made at the stored size:
+photos (random square crops resized to 64 and 224 px, and 4:3 crops resized to 375x500, ImageNet's
+commonest shape, viewed at 224; `--no-imagenet-shape` leaves that set out). Each sample is decoded with
+`codecs.decode_jpeg` (simplejpeg), its json parsed, and two views made at the view size:
 `--views moco` = `augment.moco_v2_view` (crop, jitter, grey, blur, flip), `--views crop` = random
 resized crop + flip (CLIP's train view). Views leave as uint8 CHW (converted to float on the worker).
+`--photometric device` (the platform's data.photometric): MoCo-v2 views leave the read side cropped and
+flipped with their drawn parameters, and each pipeline's consumer finishes them batched on `--device`
+(`device_views.finish_views`); the work ceiling then covers the read side only. On a CPU that is ~45x
+slower per 224 px view than OpenCV; it is meant for `--device cuda` (benchmarks/gpu_views_check.sh).
 
 Pipelines, each with P = --procs CPU processes doing the per-sample work:
 - ray:        `reader.build_dataset` (one operator: each read task decodes and preprocesses its
@@ -170,17 +175,19 @@ def make_wds_loader(paths: list[str], fn, batch: int, procs: int):
 
 def time_epoch(batches, device: str = "cpu") -> dict:
     """Wall-clock timings of one pass over an iterable of batches (wall clock: comparable across
-    processes). Deferred views (--photometric device) are finished on `device` as the platform's loop
-    does (`device_views.finish_views`), so their cost is inside the epoch."""
+    processes). Batches are moved to `device`, and deferred views (--photometric device) finished there
+    as the platform's loop does (`device_views.finish_views`), so their cost is inside the epoch."""
     from contrastlab.platform.data.device_views import finish_views
 
     t0 = time.time()
     first, n, n_first = None, 0, 0
     for b in batches:
+        if device != "cpu":  # both pipelines hand the step device tensors (a no-op for Ray's, already there)
+            b = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in b.items()}
         if any(k.endswith(PHOTOMETRIC_SUFFIX) for k in b):
-            b = finish_views({k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in b.items()})
-            if device != "cpu":
-                torch_sync(device)
+            b = finish_views(b)
+        if device != "cpu":
+            torch_sync(device)
         k = len(b["index"])
         n += k
         if first is None:

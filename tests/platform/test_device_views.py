@@ -172,3 +172,15 @@ def test_run_local_finishes_deferred_views_before_the_step(tmp_path, monkeypatch
     assert len(seen) == 2 and not any(k.endswith(A.PHOTOMETRIC_SUFFIX) for k in seen[0]) and {"image", "image2"} <= set(seen[0])
     assert finished[:2] == [(16, 3, 48, 48)] * 2  # both views of the first batch were finished on the worker
     assert math.isfinite(r.history[-1]["train_loss"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (the place data.photometric=device is for)")
+def test_the_gpu_finishes_views_as_the_cpu_does():
+    rng = np.random.default_rng(5)
+    deferred = [A.to_chw(A.moco_v2_view(_photo(i % 5, 64), 48, rng, photometric="device")) for i in range(64)]
+    pixels = torch.from_numpy(np.stack([d.pixels for d in deferred]))
+    params = torch.from_numpy(np.stack([d.params for d in deferred]))
+    on_cpu = apply_photometric(pixels, params)
+    on_gpu = apply_photometric(pixels.cuda(), params.cuda())
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.uint8
+    assert (on_gpu.cpu().int() - on_cpu.int()).abs().max() <= 1  # float summation order may differ

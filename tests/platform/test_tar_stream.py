@@ -89,6 +89,7 @@ def test_cut_and_corrupt_archives_raise_read_errors():
     assert len(list(iter_tar_members(io.BytesIO(data[:first_data_end])))) == 1  # ends on a member boundary: fine
     end = len(data) - data[::-1].find(b"long name"[::-1]) + (-9) % 512  # just past the last member's padding
     assert len(list(iter_tar_members(io.BytesIO(data[:end + 100])))) == len(MEMBERS)  # end-of-archive zeros cut short: fine
+    assert list(iter_tar_members(io.BytesIO(data[:end - 400])))[-1] == MEMBERS[-1]  # last member's padding cut: its data is whole
     corrupt = bytearray(data)
     corrupt[first_data_end + 10] ^= 0x55  # a byte of the second header's name
     got = []
@@ -137,7 +138,7 @@ def test_samples_are_counted_as_the_reader_groups_them_when_there_is_no_manifest
     buf = _tar([(f"{d}/{i:03d}.{ext}", b"x") for d in ("a", "b") for i in range(5) for ext in ("jpg", "txt")])
     whole, cut = tmp_path / "whole.tar", tmp_path / "cut.tar"
     whole.write_bytes(buf)
-    cut.write_bytes(buf[: 512 * 7 + 10])  # cut inside the 4th member: sample a/000 and 1 member of a/001
+    cut.write_bytes(buf[: 512 * 7])  # cut after the 4th member's header: sample a/000 and 1 member of a/001
     assert not glob.glob(os.path.join(tmp_path, "*.manifest.json"))
     assert _source_count([str(whole)], None) == 10  # a/000 and b/000 are different samples
     assert _source_count([str(whole), str(cut)], None) == 11

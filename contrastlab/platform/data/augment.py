@@ -174,8 +174,11 @@ def apply_color_jitter(img: np.ndarray, order, factors) -> np.ndarray:
 
 
 def random_grayscale(img: np.ndarray, rng: np.random.Generator, p: float = 0.2) -> np.ndarray:
-    if rng.random() >= p:
-        return img
+    return grey_rgb(img) if rng.random() < p else img
+
+
+def grey_rgb(img: np.ndarray) -> np.ndarray:
+    """The luma of a uint8 RGB image in all three channels."""
     return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
 
 
@@ -273,7 +276,7 @@ def moco_v2_view(img: np.ndarray, size: int, rng: np.random.Generator, crop_scal
     if jitter is not None:
         x = apply_color_jitter(x, *jitter)
     if grey:
-        x = cv2.cvtColor(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        x = grey_rgb(x)
     if sigma > 0:
         x = apply_gaussian_blur(x, sigma)
     return cv2.flip(x, 1) if flip else x

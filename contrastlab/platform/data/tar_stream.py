@@ -48,7 +48,7 @@ def iter_tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         size = int(pax["size"]) if "size" in pax else _number(header[124:136], offset)
         padded = (size + BLOCK - 1) // BLOCK * BLOCK
         data = _read_exact(stream, padded)
-        if len(data) < padded:
+        if len(data) < size:  # (a cut in the padding after the last member loses nothing: tarfile accepts it too)
             error = tarfile.ReadError(f"unexpected end of data: member at offset {offset} needs {size} bytes, the stream has {len(data)}")
             error.member = pax.get("path") or long_name or _header_name(header)  # which sample broke
             raise error
@@ -61,7 +61,7 @@ def iter_tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         else:
             name = pax.get("path") or long_name or _header_name(header)
             if kind in _REGULAR and not name.endswith("/"):
-                yield name, data[:size] if padded != size else data
+                yield name, data[:size] if len(data) != size else data
             long_name, pax = None, {}
         offset += BLOCK + padded
         header = _read_exact(stream, BLOCK, allow_empty=True)
