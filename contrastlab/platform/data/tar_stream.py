@@ -48,8 +48,8 @@ def iter_tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         size = int(pax["size"]) if "size" in pax else _number(header[124:136], offset)
         padded = (size + BLOCK - 1) // BLOCK * BLOCK
         data = _read_exact(stream, padded)
-        if len(data) < size:  # (a cut in the padding after the last member loses nothing: tarfile accepts it too)
-            error = tarfile.ReadError(f"unexpected end of data: member at offset {offset} needs {size} bytes, the stream has {len(data)}")
+        if len(data) < padded:  # a cut even in the padding: the members after it (maybe of this sample) are lost
+            error = tarfile.ReadError(f"unexpected end of data: member at offset {offset} needs {size} bytes and {padded - size} of padding, the stream has {len(data)}")
             error.member = pax.get("path") or long_name or _header_name(header)  # which sample broke
             raise error
         if kind == b"L":  # GNU: the next member's name
@@ -61,7 +61,7 @@ def iter_tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         else:
             name = pax.get("path") or long_name or _header_name(header)
             if kind in _REGULAR and not name.endswith("/"):
-                yield name, data[:size] if len(data) != size else data
+                yield name, data[:size] if padded != size else data
             long_name, pax = None, {}
         offset += BLOCK + padded
         header = _read_exact(stream, BLOCK, allow_empty=True)
