@@ -456,7 +456,8 @@ def main() -> None:
     args = ap.parse_args()
     n64, n224, n_in = (4000, 1500, 800) if args.quick else (16000, 4000, 2400)
     # Epochs of ~1 s (quick) and ~2-3 s (full) on 2 cores. Whole-epoch rates charge each epoch its
-    # start (Ray's first batch ~0.25 s, the DataLoader's ~0.1 s); since the OpenCV views (2026-12-07)
+    # start (Ray's first batch 0.45-0.56 s, most of it a read task's first whole block; the
+    # DataLoader's 0.1-0.3 s); since the OpenCV views (2026-12-07)
     # made the per-sample work 3-8x cheaper, the old sets (1,500 / 400 quick) gave 0.3 s epochs that
     # measured little but that start. --quick: 5 rounds of 2 epochs.
     rounds = args.rounds or (5 if args.quick else 4)

@@ -126,6 +126,9 @@ def hue_rotation(angle: float) -> np.ndarray:
     return (_FROM_YIQ @ rot @ _TO_YIQ).astype(np.float32)
 
 
+NEUTRAL_JITTER_FACTORS = (1.0, 1.0, 1.0, 0.0)  # brightness, contrast, saturation, hue angle: no change
+
+
 def draw_color_jitter(rng: np.random.Generator, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
                       p: float = 0.8) -> tuple[np.ndarray, np.ndarray] | None:
     """ColorJitter's random draws, in torchvision's order: the coin (p), the order of the four ops,
@@ -135,7 +138,7 @@ def draw_color_jitter(rng: np.random.Generator, brightness=0.4, contrast=0.4, sa
     if rng.random() >= p:
         return None
     order = rng.permutation(4)
-    factors = np.array([1.0, 1.0, 1.0, 0.0])
+    factors = np.array(NEUTRAL_JITTER_FACTORS)
     for op in order:
         if op == 0 and brightness:
             factors[0] = rng.uniform(1 - brightness, 1 + brightness)
@@ -207,8 +210,8 @@ def apply_gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
 
 # --------------------------------------------------------------------------- deferred photometric ops
 # `data.photometric = device` moves a view's colour jitter, greyscale and blur from the CPU read tasks
-# to the Train worker's device (device_views.py), where a whole batch takes them at once: on a GPU
-# they cost next to nothing, and the read tasks are left with decode + crop + flip. The reader still
+# to the Train worker's device (device_views.py), where a whole batch takes them in one batched pass,
+# and the read tasks are left with decode + crop + flip. The reader still
 # draws every random parameter, in the same order, so a view's crop, coin flips and factors do not
 # depend on where its pixels are made. The parameters travel beside the view as a float32 column.
 PHOTOMETRIC_SUFFIX = "@photometric"  # column `<view>@photometric` holds `<view>`'s deferred parameters
@@ -252,7 +255,7 @@ def photometric_place(place: str):
 def photometric_params(jitter, grey: bool, blur_sigma: float) -> np.ndarray:
     """Drawn photometric parameters -> the float32 vector the device path reads."""
     params = np.zeros(N_PHOTOMETRIC, np.float32)
-    order, factors = jitter if jitter is not None else (np.arange(4), np.array([1.0, 1.0, 1.0, 0.0]))
+    order, factors = jitter if jitter is not None else (np.arange(4), np.array(NEUTRAL_JITTER_FACTORS))
     params[P_ORDER], params[P_FACTORS] = order, factors
     params[P_GREY], params[P_BLUR] = float(grey), blur_sigma
     return params

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .augment import GREY_WEIGHTS, N_PHOTOMETRIC, P_BLUR, P_FACTORS, P_GREY, P_ORDER, PHOTOMETRIC_SUFFIX, _FROM_YIQ, _TO_YIQ
+from .augment import GREY_WEIGHTS, N_PHOTOMETRIC, NEUTRAL_JITTER_FACTORS, P_BLUR, P_FACTORS, P_GREY, P_ORDER, PHOTOMETRIC_SUFFIX, _FROM_YIQ, _TO_YIQ
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +92,7 @@ def apply_photometric(images: torch.Tensor, params: torch.Tensor) -> torch.Tenso
     params = params.to(device=images.device, dtype=torch.float32)
     x = images.float()
     order, factors = params[:, P_ORDER].long(), params[:, P_FACTORS]
-    if bool(((factors - factors.new_tensor([1.0, 1.0, 1.0, 0.0])).abs() > 0).any()):
+    if bool((factors != factors.new_tensor(NEUTRAL_JITTER_FACTORS)).any()):  # some image has jitter
         for position in range(4):
             x = _colour_op(x, order[:, position], factors)
     grey = params[:, P_GREY] > 0.5
