@@ -17,8 +17,10 @@ slower per 224 px view than OpenCV; it is meant for `--device cuda` (benchmarks/
 Pipelines, each with P = --procs CPU processes doing the per-sample work:
 - ray:        `reader.build_dataset` (one operator: each read task decodes and preprocesses its
               shard a batch at a time; P concurrent tasks of 1 CPU) -> TorchTrainer(1 worker, 1 CPU) ->
-              `iter_torch_batches(batch_size, prefetch_batches=data.prefetch_batches)` as in `train_loop_per_worker`.
-- webdataset: DataLoader(WebDataset(shards).map(same per-sample work), num_workers=P, batch_size).
+              the training loop's batches: `shuffle.iter_shuffled_torch_batches` (a --shuffle-buffer of
+              data.shuffle_buffer = 1,000 rows), or `iter_torch_batches` with --shuffle-buffer 0.
+- webdataset: DataLoader(WebDataset(shards).shuffle(--shuffle-buffer).map(same per-sample work),
+              num_workers=P, batch_size): webdataset's recipe, its buffer of raw samples in each worker.
 - decode ceiling: P forked processes doing `decode_jpeg` only over the same JPEG bytes in memory.
 - work ceiling:   P forked processes doing the same per-sample work (decode + json + two views)
                   with no framework, in memory (the most any pipeline could reach).
@@ -85,6 +87,7 @@ from contrastlab.platform.config import DataConfig  # noqa: E402
 from contrastlab.platform.data.augment import PHOTOMETRIC_SUFFIX, hflip, moco_v2_view, random_resized_crop, to_chw  # noqa: E402
 from contrastlab.platform.data.codecs import decode_jpeg  # noqa: E402
 from contrastlab.platform.data.reader import block_rows, preprocess_sample  # noqa: E402
+from contrastlab.platform.data.shuffle import iter_shuffled_torch_batches  # noqa: E402
 
 SEED = 0
 
@@ -164,11 +167,15 @@ class _WdsMap:
         return full_sample(raw, self.fn)
 
 
-def make_wds_loader(paths: list[str], fn, batch: int, procs: int):
+def make_wds_loader(paths: list[str], fn, batch: int, procs: int, shuffle: int = 0):
+    """webdataset's recipe; `shuffle` > 0: its sample buffer of that many raw samples in each worker, before the decode."""
     import torch
     import webdataset as wds
 
-    ds = wds.WebDataset(paths, shardshuffle=False, empty_check=False).map(_WdsMap(fn))
+    ds = wds.WebDataset(paths, shardshuffle=False, empty_check=False)
+    if shuffle:
+        ds = ds.shuffle(shuffle)
+    ds = ds.map(_WdsMap(fn))
     return torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=procs, prefetch_factor=2,
                                        multiprocessing_context="fork")
 
@@ -208,8 +215,8 @@ class WebDatasetSide:
     fn spec), where the spec [module, function, args] names a function of a module in benchmarks/
     that returns the per-sample fn (the helper builds it itself: fns are closures, not picklable)."""
 
-    def __init__(self, sets: dict[str, tuple[list[str], list]], batch: int, procs: int, device: str = "cpu"):
-        config = json.dumps({"sets": sets, "batch": batch, "procs": procs, "device": device})
+    def __init__(self, sets: dict[str, tuple[list[str], list]], batch: int, procs: int, device: str = "cpu", shuffle: int = 0):
+        config = json.dumps({"sets": sets, "batch": batch, "procs": procs, "device": device, "shuffle": shuffle})
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--wds-helper", config],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
@@ -233,7 +240,7 @@ def wds_helper_main(config_json: str) -> None:
     loaders = {}
     for name, (paths, (module, function, fn_args)) in config["sets"].items():
         fn = getattr(importlib.import_module(module), function)(*fn_args)
-        loaders[name] = make_wds_loader(paths, fn, config["batch"], config["procs"])
+        loaders[name] = make_wds_loader(paths, fn, config["batch"], config["procs"], config.get("shuffle", 0))
     for line in sys.stdin:
         print("EPOCH " + json.dumps(time_epoch(loaders[line.strip()], config["device"])), flush=True)
 
@@ -255,7 +262,15 @@ def ingest_loop(config: dict) -> None:
         if name == "stop":
             return
         device = config["device"]
-        e = time_epoch(shards[name].iter_torch_batches(batch_size=config["batch"], prefetch_batches=config["prefetch"], device=device), device)
+        # data.shuffle_buffer rows, drawn as the platform's training loop draws them (or per set: shuffle_buffer.py)
+        shuffle, impl = (config.get("shuffle_by_set") or {}).get(name, (config.get("shuffle") or 0, config.get("shuffle_impl", "platform")))
+        if shuffle and impl == "platform":
+            batches = iter_shuffled_torch_batches(shards[name], config["batch"], shuffle, seed=k, drop_last=False, device=device,
+                                                  prefetch_batches=config["prefetch"])
+        else:  # Ray's own local shuffle buffer (what the platform used before session 16), or none
+            batches = shards[name].iter_torch_batches(batch_size=config["batch"], prefetch_batches=config["prefetch"], device=device,
+                                                      local_shuffle_buffer_size=shuffle or None, local_shuffle_seed=k if shuffle else None)
+        e = time_epoch(batches, device)
         _write_atomic(os.path.join(control, f"done_{k}.json"), json.dumps({"dataset": name, **e}))
 
 
@@ -272,7 +287,8 @@ class RaySide:
 
     def __init__(self, sets: dict, batch: int, map_batch: dict, data_cpus: float, storage: str,
                  prefetch: int = DataConfig.prefetch_batches, task_buffer_mb: float = DataConfig.task_output_buffer_mb,
-                 required_of: dict | None = None, block_mb: float = DataConfig.preprocess_block_mb, device: str = "cpu"):
+                 required_of: dict | None = None, block_mb: float = DataConfig.preprocess_block_mb, device: str = "cpu",
+                 shuffle: int = 0, shuffle_impl: str = "platform", shuffle_by_set: dict | None = None):
         import ray.train
         from ray.train.torch import TorchTrainer
 
@@ -287,7 +303,9 @@ class RaySide:
         self.k, self.outcome = 0, {}
         self.trainer = TorchTrainer(
             ingest_loop,
-            train_loop_config={"datasets": list(datasets), "batch": batch, "control": self.control, "prefetch": prefetch, "device": device},
+            train_loop_config={"datasets": list(datasets), "batch": batch, "control": self.control, "prefetch": prefetch, "device": device,
+                               "shuffle": shuffle, "shuffle_impl": shuffle_impl,
+                               "shuffle_by_set": shuffle_by_set or {}},
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1, **({"GPU": 1} if device != "cpu" else {})}),
             run_config=ray.train.RunConfig(name="ingest", storage_path=storage),
             datasets=datasets,
@@ -453,6 +471,13 @@ def main() -> None:
                          "the consumer finishes them batched (Train worker / DataLoader's main process) on --device")
     ap.add_argument("--device", default="cpu", help="the consumer's torch device (cuda: the Train worker gets a GPU)")
     ap.add_argument("--no-imagenet-shape", action="store_true", help="skip the 375x500 -> 224 set")
+    ap.add_argument("--shuffle-buffer", type=int, default=DataConfig.shuffle_buffer,
+                    help="rows of shuffle buffer in both pipelines, as a training run shuffles: the Train worker's local shuffle buffer "
+                         f"(the platform's data.shuffle_buffer, default {DataConfig.shuffle_buffer}, data/shuffle.py) and webdataset's "
+                         ".shuffle(N) of raw samples in each DataLoader worker; 0 = neither shuffles (the figures before session 16)")
+    ap.add_argument("--ray-shuffle", choices=("platform", "ray"), default="platform",
+                    help="the Train worker's shuffle: the platform's (data/shuffle.py, what training uses) or Ray's own "
+                         "iter_torch_batches(local_shuffle_buffer_size=) (the platform's before session 16)")
     args = ap.parse_args()
     n64, n224, n_in = (4000, 1500, 800) if args.quick else (16000, 4000, 2400)
     # Epochs of ~1 s (quick) and ~2-3 s (full) on 2 cores. Whole-epoch rates charge each epoch its
@@ -472,7 +497,8 @@ def main() -> None:
         "views": args.views, "procs": args.procs, "batch": args.batch, "rounds": rounds, "epochs": epochs, "object_store_mb": args.object_store_mb or "ray default",
         "memory_store_mb": args.memory_store_mb, "images": {k: w[2] for k, w in workloads.items()}, "rss_factor": args.rss_factor,
         "ray_prefetch": args.ray_prefetch, "task_buffer_mb": args.task_buffer_mb, "block_mb": args.block_mb,
-        "photometric": args.photometric, "device": args.device}}
+        "photometric": args.photometric, "device": args.device, "shuffle_buffer": args.shuffle_buffer,
+        "ray_shuffle": args.ray_shuffle}}
     print(f"load average {os.getloadavg()}; shards in {work}")
 
     def set_name(k):
@@ -508,9 +534,10 @@ def main() -> None:
     sets["big224"] = (big, fns["224px"])
     names = [set_name(k) for k in workloads]
     wds_side = WebDatasetSide({set_name(k): (shards[k], ["ingest", "make_sample_fn", fn_specs[k]]) for k in workloads}, args.batch, args.procs,
-                              device=args.device)
+                              device=args.device, shuffle=args.shuffle_buffer)
     side_kwargs = {"batch": args.batch, "map_batch": map_batch, "block_mb": args.block_mb, "data_cpus": args.data_cpus, "prefetch": args.ray_prefetch,
-                   "task_buffer_mb": args.task_buffer_mb, "device": args.device}
+                   "task_buffer_mb": args.task_buffer_mb, "device": args.device,
+                   "shuffle": args.shuffle_buffer, "shuffle_impl": args.ray_shuffle}
     blocks = alternated_rounds(
         rounds,
         lambda i: ray_block(sets, names, epochs, os.path.join(work, f"ray{i}"), cpus=args.procs + 1, object_store_mb=args.object_store_mb,

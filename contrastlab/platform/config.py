@@ -49,13 +49,13 @@ class DataConfig:
     embedded_params: dict = field(default_factory=dict)  # size parameters passed to the generator
     bad_samples: str = "raise"  # raise | skip
     shuffle_files: bool = True
-    shuffle_buffer: int = 1000  # local shuffle buffer (rows) in each Train worker; 0 = off
+    shuffle_buffer: int = 1000  # local shuffle buffer (rows) in each Train worker (data/shuffle.py); 0 = off
     preprocess_cpus: float = 0.5  # CPUs per Ray Data read/map task
     photometric: str = "reader"  # reader | device: where MoCo-v2 views make their colour jitter, greyscale and blur (data/device_views.py); device = batched on the Train worker's GPU, leaving the read tasks decode + crop + flip
     preprocess_block_mb: float = 64.0  # MiB of preprocessed rows per block (at most preprocess_batch_size rows): Ray pays ~10 ms per block, so small blocks cost throughput (data/reader.py block_rows); 0 = 128 rows
     preprocess_batch_size: int = 1024  # rows per preprocessed block, at most (tiny rows would otherwise make huge blocks)
     task_output_buffer_mb: float = 64.0  # finished blocks a read task may hold before the consumer takes them (Ray's default, 2 blocks, stalled 64 px tasks ~half the time)
-    prefetch_batches: int = 1  # batches the Train worker's iterator fetches ahead; Ray holds the first batch until they are in (2 cost ~0.6 s per epoch at 224 px)
+    prefetch_batches: int = 1  # batches the Train worker's iterator fetches ahead (whole blocks for the shuffled training split, data/shuffle.py); Ray holds the first batch until they are in (2 cost ~0.6 s per epoch at 224 px)
     samples_per_epoch: int = 0  # 0 = read from the shard manifest or count once
     deterministic: bool = False  # preserve Ray Data row order (reproducible batches, e.g. exact resume); slower
     cache_dir: str = ""  # embedded dataset cache; "" = $CONTRASTLAB_CACHE or ~/.cache/contrastlab/datasets

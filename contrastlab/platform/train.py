@@ -31,6 +31,7 @@ from contrastlab.methods.base import OptimSpec
 from contrastlab.platform import distributed as dist_utils
 from contrastlab.platform.config import Experiment
 from contrastlab.platform.data.device_views import finishing_views
+from contrastlab.platform.data.shuffle import iter_shuffled_torch_batches
 from contrastlab.platform.tb import TBLogger
 
 STATE_FILE = "state.pt"
@@ -569,11 +570,10 @@ def train_loop_per_worker(config: dict) -> None:
     def batches(split: str, shuffle: bool = False, epoch: int = 0, drop_last: bool = False):
         if split not in shards:
             return iter(())
-        return shards[split].iter_torch_batches(
-            batch_size=bs, drop_last=drop_last, device=device, prefetch_batches=exp.data.prefetch_batches,
-            local_shuffle_buffer_size=(exp.data.shuffle_buffer or None) if shuffle else None,
-            local_shuffle_seed=(exp.run.seed * 7919 + epoch * 31 + rank) if shuffle else None,
-        )
+        if shuffle and exp.data.shuffle_buffer:  # data/shuffle.py: each row copied once (Ray's local shuffle: 2+ times)
+            return iter_shuffled_torch_batches(shards[split], bs, exp.data.shuffle_buffer, exp.run.seed * 7919 + epoch * 31 + rank,
+                                               drop_last=drop_last, device=device, prefetch_batches=exp.data.prefetch_batches)
+        return shards[split].iter_torch_batches(batch_size=bs, drop_last=drop_last, device=device, prefetch_batches=exp.data.prefetch_batches)
 
     run_state = reader._run_state(config.get("run_state"))
 

@@ -192,3 +192,38 @@ def test_deferred_photometric_columns_travel_through_ray_data(ray_cluster, tmp_p
             assert np.abs(view.astype(int) - whole[index]).mean() < 0.5
             n += 1
     assert n == 24
+
+
+def test_shuffled_torch_batches_over_ray_blocks(ray_cluster, tmp_path):
+    """The training loop's shuffle (data/shuffle.py) over a real dataset's blocks: every row once,
+    views intact, rows of several blocks (and shards) in one batch, and the same order for the same
+    seed when Ray keeps the block order."""
+    import ray.data
+    import torch
+
+    from contrastlab.platform.data.shuffle import iter_shuffled_torch_batches
+
+    imgs = [encode_jpeg(np.full((8, 8, 3), i, np.uint8), quality=100) for i in range(60)]
+    paths = write_shards(((f"{i:05d}", {"jpg": imgs[i], "json": {"index": i}}) for i in range(60)), tmp_path, maxcount=20)
+    fn = lambda s, rng: {"pixels": np.ascontiguousarray(s["jpg"].transpose(2, 0, 1))}  # noqa: E731
+    ctx = ray.data.DataContext.get_current()  # a dataset takes the context as it is when built (as runner.build_datasets sets it)
+    before = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    try:
+        ds = build_dataset(paths, fn, required=("jpg",), batch_size=10, cpus=0.25)
+
+        def epoch(seed):
+            return list(iter_shuffled_torch_batches(ds.iterator(), 16, 30, seed, drop_last=False, device="cpu", prefetch_batches=1))
+
+        batches = epoch(5)
+        again = [b["index"].tolist() for b in epoch(5)]
+    finally:
+        ctx.execution_options.preserve_order = before
+    assert [len(b["index"]) for b in batches] == [16, 16, 16, 12]
+    assert all(isinstance(b["pixels"], torch.Tensor) and b["pixels"].dtype == torch.uint8 for b in batches)
+    index = torch.cat([b["index"] for b in batches])
+    assert sorted(index.tolist()) == list(range(60))
+    for b in batches:  # each row's pixels still belong to its index (JPEG of a flat image: exact at q100)
+        assert torch.equal(b["pixels"][:, 0, 0, 0].long(), b["index"])
+    assert len({i // 10 for i in batches[0]["index"].tolist()}) >= 2  # rows of several 10-row blocks
+    assert again == [b["index"].tolist() for b in batches]

@@ -1,0 +1,170 @@
+"""The Train worker's shuffle buffer (data/shuffle.py): every row once, mixed across blocks, seeded,
+each batch a fresh array; and its background thread."""
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from contrastlab.platform.data.shuffle import in_background, shuffled_batches, to_torch
+
+
+def _blocks(sizes, big=False):
+    start = 0
+    for n in sizes:
+        ids = np.arange(start, start + n)
+        block = {"index": ids, "w": ids.astype(np.float32) / 2}
+        if big:  # rows of 3x48x48 uint8 = 6.9 KiB ... 27 KiB: copied one by one above 16 KiB
+            block["view"] = np.broadcast_to((ids % 251).astype(np.uint8)[:, None, None, None], (n, 3, 96, 96)).copy()
+        yield block
+        start += n
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_every_row_exactly_once_and_columns_stay_together(big):
+    batches = list(shuffled_batches(_blocks([30, 7, 50, 13], big), batch_size=16, buffer_rows=40, seed=3))
+    seen = np.concatenate([b["index"] for b in batches])
+    assert sorted(seen.tolist()) == list(range(100))
+    assert [len(b["index"]) for b in batches] == [16] * 6 + [4]
+    for b in batches:
+        np.testing.assert_array_equal(b["w"], b["index"].astype(np.float32) / 2)
+        if big:
+            assert b["view"].shape[1:] == (3, 96, 96)
+            np.testing.assert_array_equal(b["view"][:, 1, 5, 7], (b["index"] % 251).astype(np.uint8))
+    assert all(b["index"].flags.writeable and b["index"].flags.c_contiguous for b in batches)
+
+
+def test_drop_last_and_small_inputs():
+    assert [len(b["index"]) for b in shuffled_batches(_blocks([10, 10, 5]), 8, 100, seed=0, drop_last=True)] == [8, 8, 8]
+    assert [len(b["index"]) for b in shuffled_batches(_blocks([5]), 8, 100, seed=0)] == [5]
+    assert list(shuffled_batches(_blocks([5]), 8, 100, seed=0, drop_last=True)) == []
+    assert list(shuffled_batches(iter(()), 8, 100, seed=0)) == []
+    assert [len(b["index"]) for b in shuffled_batches(_blocks([0, 4, 0]), 2, 0, seed=0)] == [2, 2]
+
+
+def test_seeded_and_mixes_blocks():
+    def order(seed):
+        return np.concatenate([b["index"] for b in shuffled_batches(_blocks([100] * 10), 32, 300, seed)])
+
+    np.testing.assert_array_equal(order(1), order(1))
+    assert not np.array_equal(order(1), order(2))
+    # the first batch is drawn from the first 300 rows held (3 blocks): all three should be in it,
+    # and the buffer shuffles, so the order is far from the input's
+    first = next(iter(shuffled_batches(_blocks([100] * 10), 32, 300, seed=0)))["index"]
+    assert set((first // 100).tolist()) == {0, 1, 2}
+    assert abs(np.corrcoef(order(0), np.arange(1000))[0, 1]) < 0.99
+
+
+def test_draws_are_uniform_over_the_buffer():
+    # with a buffer of the whole input, the first row of the first batch is uniform over 0..9
+    counts = np.bincount([next(iter(shuffled_batches(_blocks([5, 5]), 1, 10, seed=s)))["index"][0] for s in range(2000)], minlength=10)
+    assert counts.min() > 150 and counts.max() < 250  # 200 expected each; 5 sigma is ~+-65
+
+
+@pytest.mark.parametrize("block_rows, buffer_rows, batch", [(10, 30, 10), (222, 1000, 128), (1024, 1000, 64)])
+def test_holds_a_bounded_number_of_rows_and_copies_each_row_about_once(block_rows, buffer_rows, batch):
+    from contrastlab.platform.data import shuffle
+
+    held, states = [], []
+    original = shuffle._Held.draw
+
+    def spy(self, k, rng):
+        out = original(self, k, rng)
+        held.append(self.held_rows())
+        states.append(self)
+        return out
+
+    shuffle._Held.draw = spy
+    try:
+        n = sum(len(b["index"]) for b in shuffled_batches(_blocks([block_rows] * 40), batch, buffer_rows, seed=0))
+    finally:
+        shuffle._Held.draw = original
+    assert n == 40 * block_rows
+    # without compaction a buffer of 1,000 rows in 222-row blocks kept ~25 blocks (5,500 rows) alive;
+    # every held block is at least a quarter live, plus the block just added
+    assert max(held) <= 4 * (max(buffer_rows, batch) + batch) + block_rows
+    copies = states[-1].rows_copied / n
+    assert 1.0 <= copies <= 1.34  # once into its batch, plus at most 1/4 + 1/16 + ... for lingering rows
+
+
+def test_bad_blocks_are_named():
+    with pytest.raises(ValueError, match=r"column 'v': rows of shape \(2,\) after rows of \(3,\)"):
+        list(shuffled_batches(iter([{"v": np.zeros((4, 3))}, {"v": np.zeros((4, 2))}]), 2, 0, seed=0))
+    with pytest.raises(ValueError, match="columns"):
+        list(shuffled_batches(iter([{"a": np.zeros(4)}, {"b": np.zeros(4)}]), 2, 100, seed=0))
+    with pytest.raises(ValueError, match="batch_size"):
+        list(shuffled_batches(_blocks([4]), 0, 10, seed=0))
+
+
+def test_strings_keep_their_longest_length_and_to_torch():
+    blocks = iter([{"s": np.array(["ab", "cd"]), "n": np.array([1, 2], np.int32)}, {"s": np.array(["longer"]), "n": np.array([3], np.int64)}])
+    (batch,) = list(shuffled_batches(blocks, 3, 10, seed=0))
+    assert sorted(batch["s"].tolist()) == ["ab", "cd", "longer"] and batch["n"].dtype == np.int64
+    tensors = to_torch(batch, "cpu")
+    assert isinstance(tensors["n"], torch.Tensor) and tensors["n"].dtype == torch.int64
+    assert isinstance(tensors["s"], np.ndarray)
+
+
+def test_in_background_yields_in_order_and_raises_the_threads_error():
+    assert list(in_background(lambda: iter(range(50)), depth=2)) == list(range(50))
+    assert list(in_background(lambda: iter(range(5)), depth=0)) == list(range(5))
+
+    def failing():
+        yield 1
+        raise KeyError("bad row")
+
+    it = in_background(failing, depth=1)
+    assert next(it) == 1
+    with pytest.raises(KeyError, match="bad row"):
+        next(it)
+
+
+def test_in_background_stops_its_thread_when_the_consumer_stops_early():
+    produced = []
+
+    def endless():
+        for i in range(10**9):
+            produced.append(i)
+            yield i
+
+    before = threading.active_count()
+    it = in_background(endless, depth=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # what dropping the iterator does (a loop's max_steps_per_epoch break)
+    time.sleep(0.3)
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n and n <= 3 + 2 + 2  # the thread stopped a queue's depth ahead
+    assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("budget_blocks", [0, 1, 3])
+def test_a_store_budget_caps_the_blocks_kept_as_they_came(budget_blocks):
+    """Blocks arrive as object-store views; beyond the budget their rows are copied out (sparsest
+    first), so a small store is not pinned by the buffer. Same rows, same randomness otherwise."""
+    from contrastlab.platform.data import shuffle
+
+    block_bytes = 20 * (8 + 4 + 3 * 96 * 96)  # index int64 + w float32 + the view
+    stored, states = [], []
+    original = shuffle._Held.draw
+
+    def spy(self, k, rng):
+        out = original(self, k, rng)
+        stored.append(self.store_bytes())
+        states.append(self)
+        return out
+
+    shuffle._Held.draw = spy
+    try:
+        batches = list(shuffled_batches(_blocks([20] * 30, big=True), 8, 60, seed=0, store_budget=budget_blocks * block_bytes))
+    finally:
+        shuffle._Held.draw = original
+    assert sorted(np.concatenate([b["index"] for b in batches]).tolist()) == list(range(600))
+    for b in batches:
+        np.testing.assert_array_equal(b["view"][:, 2, 9, 9], (b["index"] % 251).astype(np.uint8))
+    assert max(stored) <= budget_blocks * block_bytes
+    copies = states[-1].rows_copied / 600
+    assert copies <= 2.34  # once out of the store, once into the batch (+1/3 for lingering rows at most)
+    if budget_blocks == 0:
+        assert copies >= 2.0
