@@ -8,7 +8,8 @@ meta)`) on its embedded dataset's shards (FAME: `moving-shapes`; SCALE: `fashion
 this measures exactly what `sweeps/fame.py` and `sweeps/scale.py` ingest. The pipelines and the
 timing rules are those of `ingest.py`: alternated rounds of a DataLoader block and a Ray block (a
 cluster started and stopped per block), whole-epoch rates after a warm-up epoch, the ratio being the
-median over rounds; 1 CPU per Ray Data task; preprocessing blocks of --block-mb, sized as the platform sizes them.
+median over rounds; 1 CPU per Ray Data task; preprocessing blocks of --block-mb, sized as the platform sizes them;
+both pipelines shuffle as training does (--shuffle-buffer, as in `ingest.py`).
 
     python benchmarks/media_ingest.py --quick --out results/media_ingest_quick.json
     python benchmarks/media_ingest.py --out results/media_ingest.json
@@ -76,11 +77,13 @@ def main() -> None:
     ap.add_argument("--block-mb", type=float, default=DataConfig.preprocess_block_mb,
                     help="MiB of preprocessed rows per block (default: the platform's data.preprocess_block_mb; 0: 128 rows)")
     ap.add_argument("--object-store-mb", type=int, default=0, help="0: Ray's default (30%% of RAM), as ingest.py's timed rounds")
+    ap.add_argument("--shuffle-buffer", type=int, default=DataConfig.shuffle_buffer,
+                    help="rows of shuffle buffer in both pipelines, as ingest.py (0 = neither shuffles, the figures before session 16)")
     args = ap.parse_args()
     epochs = args.epochs or (1 if args.quick else 2)
     report = {"benchmark": "media_ingest", "quick": args.quick, "machine": machine(),
               "settings": {"procs": args.procs, "batch": args.batch, "rounds": args.rounds, "epochs": epochs, "block_mb": args.block_mb,
-                           "object_store_mb": args.object_store_mb}, "results": {}}
+                           "object_store_mb": args.object_store_mb, "shuffle_buffer": args.shuffle_buffer}, "results": {}}
     print(f"load average {os.getloadavg()}")
     sets, required_of, map_batch, rows = {}, {}, {}, []
     for w in args.workloads:  # the work ceilings fork from this process, so they run before Ray starts
@@ -98,13 +101,13 @@ def main() -> None:
 
     names = list(sets)
     wds_side = ingest.WebDatasetSide({w: (sets[w][0], ["media_ingest", "workload_fn", [w, args.quick]]) for w in names},
-                                     args.batch, args.procs)
+                                     args.batch, args.procs, shuffle=args.shuffle_buffer)
     storage = tempfile.mkdtemp(prefix="bench_media_ingest_")
     blocks = ingest.alternated_rounds(
         args.rounds,
         lambda i: ingest.ray_block(sets, names, epochs, os.path.join(storage, f"ray{i}"), cpus=args.procs + 1,
                                    object_store_mb=args.object_store_mb, batch=args.batch, map_batch=map_batch, block_mb=args.block_mb, data_cpus=1.0,
-                                   required_of=required_of),
+                                   required_of=required_of, shuffle=args.shuffle_buffer),
         lambda i: ingest.wds_block(wds_side, names, epochs), names)
     wds_side.close()
     for w in names:

@@ -49,16 +49,38 @@ def test_seeded_and_mixes_blocks():
 
     np.testing.assert_array_equal(order(1), order(1))
     assert not np.array_equal(order(1), order(2))
-    # the first batch is drawn from the first 300 rows held (3 blocks): all three should be in it,
-    # and the buffer shuffles, so the order is far from the input's
-    first = next(iter(shuffled_batches(_blocks([100] * 10), 32, 300, seed=0)))["index"]
-    assert set((first // 100).tolist()) == {0, 1, 2}
+    # the buffer shuffles, so the order is far from the input's, and once full (300 rows = 3 blocks)
+    # a batch mixes several blocks
     assert abs(np.corrcoef(order(0), np.arange(1000))[0, 1]) < 0.99
+    batches = [b["index"] for b in shuffled_batches(_blocks([100] * 10), 32, 300, seed=0)]
+    assert all(len(set((b // 100).tolist())) >= 2 for b in batches[10:20])
+
+
+def test_the_first_batch_comes_early_and_the_buffer_grows():
+    """webdataset's start: the first batch once a tenth of the buffer is held (at least a batch), then
+    a row more held per row drawn, up to the buffer; Ray's rule waited for the whole buffer."""
+    from contrastlab.platform.data import shuffle
+
+    held_at_draw = []
+    original = shuffle._Held.draw
+
+    def spy(self, k, rng):
+        held_at_draw.append(len(self))
+        return original(self, k, rng)
+
+    shuffle._Held.draw = spy
+    try:
+        list(shuffled_batches(_blocks([10] * 100), 10, 200, seed=0))
+    finally:
+        shuffle._Held.draw = original
+    assert held_at_draw[0] == 20  # a tenth of 200
+    assert held_at_draw[:5] == [20, 30, 40, 50, 60]  # each draw of 10 leaves room for 10 more held rows
+    assert max(held_at_draw) == 200 and held_at_draw[30] == 200  # full after 18 draws, then steady
 
 
 def test_draws_are_uniform_over_the_buffer():
-    # with a buffer of the whole input, the first row of the first batch is uniform over 0..9
-    counts = np.bincount([next(iter(shuffled_batches(_blocks([5, 5]), 1, 10, seed=s)))["index"][0] for s in range(2000)], minlength=10)
+    # the first row of the first batch is uniform over the rows held then (one block of 10)
+    counts = np.bincount([next(iter(shuffled_batches(_blocks([10]), 1, 10, seed=s)))["index"][0] for s in range(2000)], minlength=10)
     assert counts.min() > 150 and counts.max() < 250  # 200 expected each; 5 sigma is ~+-65
 
 

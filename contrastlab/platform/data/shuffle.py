@@ -1,17 +1,23 @@
 """The Train worker's local shuffle: batches drawn at random from a buffer of preprocessed rows.
 
 `data.shuffle_buffer` rows are held as the blocks Ray Data hands over (zero-copy views of the object
-store), and each batch gathers its rows out of them: every row is copied once, into its batch. Ray's
-own `iter_torch_batches(local_shuffle_buffer_size=)` concatenates the buffered blocks into one table
-and then takes each batch out of that, carrying unread rows into the next concatenation, so a row was
+store), and each batch gathers its rows out of them: every row is copied once into its batch (1.3
+times on average, counting the compaction below). Ray's own
+`iter_torch_batches(local_shuffle_buffer_size=)` concatenates the buffered blocks into one table and
+then takes each batch out of that, carrying unread rows into the next concatenation, so a row was
 copied two or more times. Measured on 2 CPUs, 224 px MoCo-v2 view pairs, 1,000-row buffer, batch 128
-(benchmarks/README.md, session 16): the Train worker spent 115-167 us of CPU per image with Ray's
-shuffle and 59-61 with this one (50-77 with no shuffle at all), and the pipeline ran 5-12% faster.
+(`benchmarks/shuffle_buffer.py`, three runs, session 16): the Train worker spent 140-155 us of CPU per
+image with Ray's shuffle and 69-85 with this one (59-70 with no shuffle at all), and the pipeline ran
+1.07-1.08x as fast.
 
-Semantics are those of a shuffle buffer (Ray's, tf.data's): once at least `buffer_rows` rows are held
-(or the input has ended), a batch takes `batch_size` of the held rows uniformly at random, without
-replacement; the rows of several blocks, hence of several shards and sources, mix in a batch. The
-draw is a function of `seed` and the order in which blocks arrive (fixed under `data.deterministic`).
+Semantics are those of webdataset's shuffle buffer: a batch takes `batch_size` of the held rows
+uniformly at random, without replacement; the rows of several blocks, hence of several shards and
+sources, mix in a batch. Like webdataset (and unlike Ray's buffer, which waits for all of its rows),
+the first batch of an epoch is drawn once a tenth of the buffer is held, and the buffer grows to its
+size as batches are drawn: with Ray's rule an epoch shorter than the buffer was read whole before its
+first batch (FAME's 384 embedded videos under a 1,000-row buffer), so the step never overlapped the
+reading. The draw is a function of `seed` and the order in which blocks arrive (fixed under
+`data.deterministic`).
 """
 from __future__ import annotations
 
@@ -22,9 +28,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 ROW_BYTES_COPIED_ONE_BY_ONE = 16 * 1024  # larger rows: one copy each, straight into the batch; smaller: gathered per block
-
-
 COMPACT_BELOW = 0.25  # a held block with fewer of its rows still in the pool gives them up to a compact block
+INITIAL_SHARE = 0.1  # of the buffer, held before the first batch (webdataset's shuffle: 100 of 1,000)
 STORE_SHARE_FOR_SHUFFLE = 0.25  # of a node's object store, split between its Train workers: blocks the buffer may pin
 
 
@@ -38,7 +43,7 @@ class _Held:
     block is let go when (a) fewer than `COMPACT_BELOW` of its rows are left: at most 1/4 + 1/16 + ...
     = 1/3 extra copies a row; or (b) the store-backed blocks held exceed `store_budget` bytes, the
     sparsest first: without (b) a 256 MiB store, pinned by a 1,000-row buffer of 224 px view pairs
-    (~550 MiB held), spilled 4 GiB to disk and ran an epoch 25x slower (benchmarks/ingest.py's
+    (~550 MiB held), spilled 4 GiB to disk and an epoch took 51 s instead of 4.9 (benchmarks/ingest.py's
     memory phase, session 16). Under a tight budget each row is copied about twice, as Ray's own
     buffer does."""
 
@@ -159,18 +164,22 @@ class _Held:
 def shuffled_batches(blocks: Iterable[dict[str, np.ndarray]], batch_size: int, buffer_rows: int, seed: int,
                      drop_last: bool = False, store_budget: float | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Blocks (column name -> array, rows first) -> batches of `batch_size` rows drawn at random from a
-    buffer of at least `buffer_rows` rows (every row exactly once; the last batch short unless
-    `drop_last`). `store_budget`: bytes of the incoming blocks the buffer may keep as they came
+    buffer of `buffer_rows` rows (every row exactly once; the last batch short unless `drop_last`).
+    The first batch is drawn once `INITIAL_SHARE` of the buffer (at least a batch) is held, and the
+    buffer then grows by a row per row drawn until it is full. `store_budget`: bytes of the incoming blocks the buffer may keep as they came
     (object-store views); beyond it, rows are copied out (`_Held`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rng = np.random.default_rng(seed)
     held = _Held(store_budget)
-    fill_to = max(buffer_rows, batch_size)
+    first = max(batch_size, int(INITIAL_SHARE * buffer_rows))
+    drawn = 0
     for block in blocks:
         held.add(block)
-        while len(held) >= fill_to:
+        # webdataset's start: draw from `first` rows, and let the buffer grow by a row per row drawn
+        while len(held) >= max(batch_size, min(buffer_rows, first + drawn)):
             yield held.draw(batch_size, rng)
+            drawn += batch_size
     while len(held) >= batch_size:
         yield held.draw(batch_size, rng)
     if len(held) and not drop_last:
