@@ -1,5 +1,6 @@
 """The Train worker's shuffle buffer (data/shuffle.py): every row once, mixed across blocks, seeded,
 each batch a fresh array; and its background thread."""
+import contextlib
 import threading
 import time
 
@@ -19,6 +20,28 @@ def _blocks(sizes, big=False):
             block["view"] = np.broadcast_to((ids % 251).astype(np.uint8)[:, None, None, None], (n, 3, 96, 96)).copy()
         yield block
         start += n
+
+
+@contextlib.contextmanager
+def _watching_draws(before=None, after=None):
+    """Calls before(held) / after(held) around every draw of the buffer (`shuffle._Held`)."""
+    from contrastlab.platform.data import shuffle
+
+    original = shuffle._Held.draw
+
+    def spy(self, k, rng):
+        if before is not None:
+            before(self)
+        out = original(self, k, rng)
+        if after is not None:
+            after(self)
+        return out
+
+    shuffle._Held.draw = spy
+    try:
+        yield
+    finally:
+        shuffle._Held.draw = original
 
 
 @pytest.mark.parametrize("big", [False, True])
@@ -59,20 +82,9 @@ def test_seeded_and_mixes_blocks():
 def test_the_first_batch_comes_early_and_the_buffer_grows():
     """webdataset's start: the first batch once a tenth of the buffer is held (at least a batch), then
     a row more held per row drawn, up to the buffer; Ray's rule waited for the whole buffer."""
-    from contrastlab.platform.data import shuffle
-
     held_at_draw = []
-    original = shuffle._Held.draw
-
-    def spy(self, k, rng):
-        held_at_draw.append(len(self))
-        return original(self, k, rng)
-
-    shuffle._Held.draw = spy
-    try:
+    with _watching_draws(before=lambda held: held_at_draw.append(len(held))):
         list(shuffled_batches(_blocks([10] * 100), 10, 200, seed=0))
-    finally:
-        shuffle._Held.draw = original
     assert held_at_draw[0] == 20  # a tenth of 200
     assert held_at_draw[:5] == [20, 30, 40, 50, 60]  # each draw of 10 leaves room for 10 more held rows
     assert max(held_at_draw) == 200 and held_at_draw[30] == 200  # full after 18 draws, then steady
@@ -86,22 +98,9 @@ def test_draws_are_uniform_over_the_buffer():
 
 @pytest.mark.parametrize("block_rows, buffer_rows, batch", [(10, 30, 10), (222, 1000, 128), (1024, 1000, 64)])
 def test_holds_a_bounded_number_of_rows_and_copies_each_row_about_once(block_rows, buffer_rows, batch):
-    from contrastlab.platform.data import shuffle
-
     held, states = [], []
-    original = shuffle._Held.draw
-
-    def spy(self, k, rng):
-        out = original(self, k, rng)
-        held.append(self.held_rows())
-        states.append(self)
-        return out
-
-    shuffle._Held.draw = spy
-    try:
+    with _watching_draws(after=lambda h: (held.append(h.held_rows()), states.append(h))):
         n = sum(len(b["index"]) for b in shuffled_batches(_blocks([block_rows] * 40), batch, buffer_rows, seed=0))
-    finally:
-        shuffle._Held.draw = original
     assert n == 40 * block_rows
     # without compaction a buffer of 1,000 rows in 222-row blocks kept ~25 blocks (5,500 rows) alive;
     # every held block is at least a quarter live, plus the block just added
@@ -165,23 +164,10 @@ def test_in_background_stops_its_thread_when_the_consumer_stops_early():
 def test_a_store_budget_caps_the_blocks_kept_as_they_came(budget_blocks):
     """Blocks arrive as object-store views; beyond the budget their rows are copied out (sparsest
     first), so a small store is not pinned by the buffer. Same rows, same randomness otherwise."""
-    from contrastlab.platform.data import shuffle
-
     block_bytes = 20 * (8 + 4 + 3 * 96 * 96)  # index int64 + w float32 + the view
     stored, states = [], []
-    original = shuffle._Held.draw
-
-    def spy(self, k, rng):
-        out = original(self, k, rng)
-        stored.append(self.store_bytes())
-        states.append(self)
-        return out
-
-    shuffle._Held.draw = spy
-    try:
+    with _watching_draws(after=lambda h: (stored.append(h.store_bytes()), states.append(h))):
         batches = list(shuffled_batches(_blocks([20] * 30, big=True), 8, 60, seed=0, store_budget=budget_blocks * block_bytes))
-    finally:
-        shuffle._Held.draw = original
     assert sorted(np.concatenate([b["index"] for b in batches]).tolist()) == list(range(600))
     for b in batches:
         np.testing.assert_array_equal(b["view"][:, 2, 9, 9], (b["index"] % 251).astype(np.uint8))
