@@ -262,8 +262,7 @@ def ingest_loop(config: dict) -> None:
         if name == "stop":
             return
         device = config["device"]
-        # data.shuffle_buffer rows, drawn as the platform's training loop draws them (or per set: shuffle_buffer.py)
-        shuffle, impl = (config.get("shuffle_by_set") or {}).get(name, (config.get("shuffle") or 0, config.get("shuffle_impl", "platform")))
+        shuffle, impl = config["shuffle"][name]  # data.shuffle_buffer rows; drawn as the platform's training loop draws them, or by Ray
         if shuffle and impl == "platform":
             batches = iter_shuffled_torch_batches(shards[name], config["batch"], shuffle, seed=k, drop_last=False, device=device,
                                                   prefetch_batches=config["prefetch"])
@@ -283,7 +282,9 @@ def _write_atomic(path: str, text: str) -> None:
 class RaySide:
     """One TorchTrainer (1 worker, 1 CPU) over the platform's `reader.build_dataset` datasets
     (`sets`: name -> (shard paths, per-sample fn); `required_of`: name -> required members, default
-    jpg + json), kept running in a driver thread and asked for one epoch at a time."""
+    jpg + json), kept running in a driver thread and asked for one epoch at a time. Each set's epochs
+    are shuffled by `shuffle_by_set[name]` = (buffer rows, "platform" | "ray"), else by (`shuffle`,
+    `shuffle_impl`); 0 rows = unshuffled."""
 
     def __init__(self, sets: dict, batch: int, map_batch: dict, data_cpus: float, storage: str,
                  prefetch: int = DataConfig.prefetch_batches, task_buffer_mb: float = DataConfig.task_output_buffer_mb,
@@ -304,8 +305,7 @@ class RaySide:
         self.trainer = TorchTrainer(
             ingest_loop,
             train_loop_config={"datasets": list(datasets), "batch": batch, "control": self.control, "prefetch": prefetch, "device": device,
-                               "shuffle": shuffle, "shuffle_impl": shuffle_impl,
-                               "shuffle_by_set": shuffle_by_set or {}},
+                               "shuffle": {name: (shuffle_by_set or {}).get(name, (shuffle, shuffle_impl)) for name in datasets}},
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1, **({"GPU": 1} if device != "cpu" else {})}),
             run_config=ray.train.RunConfig(name="ingest", storage_path=storage),
             datasets=datasets,

@@ -166,8 +166,9 @@ def shuffled_batches(blocks: Iterable[dict[str, np.ndarray]], batch_size: int, b
     """Blocks (column name -> array, rows first) -> batches of `batch_size` rows drawn at random from a
     buffer of `buffer_rows` rows (every row exactly once; the last batch short unless `drop_last`).
     The first batch is drawn once `INITIAL_SHARE` of the buffer (at least a batch) is held, and the
-    buffer then grows by a row per row drawn until it is full. `store_budget`: bytes of the incoming blocks the buffer may keep as they came
-    (object-store views); beyond it, rows are copied out (`_Held`)."""
+    buffer then grows by a row per row drawn until it is full. `store_budget`: bytes of the incoming
+    blocks the buffer may keep as they came (object-store views); beyond it, rows are copied out
+    (`_Held`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rng = np.random.default_rng(seed)
