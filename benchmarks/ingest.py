@@ -86,6 +86,7 @@ from _common import (RSSSampler, cpu_seconds, machine, print_table, ray_process_
 from contrastlab.platform.config import DataConfig  # noqa: E402
 from contrastlab.platform.data.augment import PHOTOMETRIC_SUFFIX, hflip, moco_v2_view, random_resized_crop, to_chw  # noqa: E402
 from contrastlab.platform.data.codecs import decode_jpeg  # noqa: E402
+from contrastlab.platform.data.executor_poll import RAY_OWN_POLL_S, set_executor_poll  # noqa: E402
 from contrastlab.platform.data.reader import block_rows, preprocess_sample  # noqa: E402
 from contrastlab.platform.data.shuffle import iter_shuffled_torch_batches  # noqa: E402
 
@@ -261,13 +262,16 @@ def ingest_loop(config: dict) -> None:
             name = fh.read().strip()
         if name == "stop":
             return
+        # One Train worker runs its datasets' executor itself (no SplitCoordinator), and took the
+        # data.executor_poll_s of whichever set it unpickled last: apply this set's.
+        set_executor_poll(config["executor_poll_s"][name] or RAY_OWN_POLL_S)
         device = config["device"]
         shuffle, impl = config["shuffle"][name]  # data.shuffle_buffer rows; drawn as the platform's training loop draws them, or by Ray
         if shuffle and impl == "platform":
             batches = iter_shuffled_torch_batches(shards[name], config["batch"], shuffle, seed=k, drop_last=False, device=device,
-                                                  prefetch_batches=config["prefetch"])
+                                                  prefetch_batches=config["prefetch"][name])
         else:  # Ray's own local shuffle buffer (what the platform used before session 16), or none
-            batches = shards[name].iter_torch_batches(batch_size=config["batch"], prefetch_batches=config["prefetch"], device=device,
+            batches = shards[name].iter_torch_batches(batch_size=config["batch"], prefetch_batches=config["prefetch"][name], device=device,
                                                       local_shuffle_buffer_size=shuffle or None, local_shuffle_seed=k if shuffle else None)
         e = time_epoch(batches, device)
         _write_atomic(os.path.join(control, f"done_{k}.json"), json.dumps({"dataset": name, **e}))
@@ -284,28 +288,34 @@ class RaySide:
     (`sets`: name -> (shard paths, per-sample fn); `required_of`: name -> required members, default
     jpg + json), kept running in a driver thread and asked for one epoch at a time. Each set's epochs
     are shuffled by `shuffle_by_set[name]` = (buffer rows, "platform" | "ray"), else by (`shuffle`,
-    `shuffle_impl`); 0 rows = unshuffled."""
+    `shuffle_impl`); 0 rows = unshuffled. `build_by_set[name]`: keyword arguments of that set's
+    `build_dataset` (e.g. its executor_poll_s, which the Train worker applies before each of its epochs);
+    `prefetch_by_set[name]`: that set's prefetch_batches, else `prefetch`."""
 
     def __init__(self, sets: dict, batch: int, map_batch: dict, data_cpus: float, storage: str,
                  prefetch: int = DataConfig.prefetch_batches, task_buffer_mb: float = DataConfig.task_output_buffer_mb,
                  required_of: dict | None = None, block_mb: float = DataConfig.preprocess_block_mb, device: str = "cpu",
-                 shuffle: int = 0, shuffle_impl: str = "platform", shuffle_by_set: dict | None = None):
+                 shuffle: int = 0, shuffle_impl: str = "platform", shuffle_by_set: dict | None = None,
+                 executor_poll_s: float = DataConfig.executor_poll_s, build_by_set: dict | None = None, prefetch_by_set: dict | None = None):
         import ray.train
         from ray.train.torch import TorchTrainer
 
         from contrastlab.platform.data.reader import build_dataset
         from contrastlab.platform.data.split import TrainEqualEvalCompleteConfig
 
+        build_kwargs = {name: {"executor_poll_s": executor_poll_s, **(build_by_set or {}).get(name, {})} for name in sets}
         datasets = {name: build_dataset(paths, fn, required=(required_of or {}).get(name, ("jpg", "json")), split="train", cpus=data_cpus,
-                                        batch_size=map_batch[name], block_mb=block_mb, task_output_buffer_mb=task_buffer_mb)
+                                        batch_size=map_batch[name], block_mb=block_mb, task_output_buffer_mb=task_buffer_mb, **build_kwargs[name])
                     for name, (paths, fn) in sets.items()}
         os.makedirs(storage, exist_ok=True)
         self.control = tempfile.mkdtemp(prefix="control_", dir=storage)  # fresh: stale done_K files would answer for the worker
         self.k, self.outcome = 0, {}
         self.trainer = TorchTrainer(
             ingest_loop,
-            train_loop_config={"datasets": list(datasets), "batch": batch, "control": self.control, "prefetch": prefetch, "device": device,
-                               "shuffle": {name: (shuffle_by_set or {}).get(name, (shuffle, shuffle_impl)) for name in datasets}},
+            train_loop_config={"datasets": list(datasets), "batch": batch, "control": self.control, "device": device,
+                               "prefetch": {name: (prefetch_by_set or {}).get(name, prefetch) for name in datasets},
+                               "shuffle": {name: (shuffle_by_set or {}).get(name, (shuffle, shuffle_impl)) for name in datasets},
+                               "executor_poll_s": {name: build_kwargs[name]["executor_poll_s"] for name in datasets}},
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1, **({"GPU": 1} if device != "cpu" else {})}),
             run_config=ray.train.RunConfig(name="ingest", storage_path=storage),
             datasets=datasets,
@@ -475,6 +485,8 @@ def main() -> None:
                     help="rows of shuffle buffer in both pipelines, as a training run shuffles: the Train worker's local shuffle buffer "
                          f"(the platform's data.shuffle_buffer, default {DataConfig.shuffle_buffer}, data/shuffle.py) and webdataset's "
                          ".shuffle(N) of raw samples in each DataLoader worker; 0 = neither shuffles (the figures before session 16)")
+    ap.add_argument("--executor-poll-s", type=float, default=DataConfig.executor_poll_s,
+                    help="longest wait of Ray Data's executor loop for its tasks (the platform's data.executor_poll_s; 0 = Ray's own 0.1 s)")
     ap.add_argument("--ray-shuffle", choices=("platform", "ray"), default="platform",
                     help="the Train worker's shuffle: the platform's (data/shuffle.py, what training uses) or Ray's own "
                          "iter_torch_batches(local_shuffle_buffer_size=) (the platform's before session 16)")
@@ -498,7 +510,7 @@ def main() -> None:
         "memory_store_mb": args.memory_store_mb, "images": {k: w[2] for k, w in workloads.items()}, "rss_factor": args.rss_factor,
         "ray_prefetch": args.ray_prefetch, "task_buffer_mb": args.task_buffer_mb, "block_mb": args.block_mb,
         "photometric": args.photometric, "device": args.device, "shuffle_buffer": args.shuffle_buffer,
-        "ray_shuffle": args.ray_shuffle}}
+        "ray_shuffle": args.ray_shuffle, "executor_poll_s": args.executor_poll_s}}
     print(f"load average {os.getloadavg()}; shards in {work}")
 
     def set_name(k):
@@ -537,7 +549,7 @@ def main() -> None:
                               device=args.device, shuffle=args.shuffle_buffer)
     side_kwargs = {"batch": args.batch, "map_batch": map_batch, "block_mb": args.block_mb, "data_cpus": args.data_cpus, "prefetch": args.ray_prefetch,
                    "task_buffer_mb": args.task_buffer_mb, "device": args.device,
-                   "shuffle": args.shuffle_buffer, "shuffle_impl": args.ray_shuffle}
+                   "shuffle": args.shuffle_buffer, "shuffle_impl": args.ray_shuffle, "executor_poll_s": args.executor_poll_s}
     blocks = alternated_rounds(
         rounds,
         lambda i: ray_block(sets, names, epochs, os.path.join(work, f"ray{i}"), cpus=args.procs + 1, object_store_mb=args.object_store_mb,

@@ -77,13 +77,16 @@ def main() -> None:
     ap.add_argument("--block-mb", type=float, default=DataConfig.preprocess_block_mb,
                     help="MiB of preprocessed rows per block (default: the platform's data.preprocess_block_mb; 0: 128 rows)")
     ap.add_argument("--object-store-mb", type=int, default=0, help="0: Ray's default (30%% of RAM), as ingest.py's timed rounds")
+    ap.add_argument("--ray-prefetch", type=int, default=DataConfig.prefetch_batches,
+                    help="prefetch_batches of the Train worker's iterator (default: the platform's data.prefetch_batches)")
     ap.add_argument("--shuffle-buffer", type=int, default=DataConfig.shuffle_buffer,
                     help="rows of shuffle buffer in both pipelines, as ingest.py (0 = neither shuffles, the figures before session 16)")
     args = ap.parse_args()
     epochs = args.epochs or (1 if args.quick else 2)
     report = {"benchmark": "media_ingest", "quick": args.quick, "machine": machine(),
               "settings": {"procs": args.procs, "batch": args.batch, "rounds": args.rounds, "epochs": epochs, "block_mb": args.block_mb,
-                           "object_store_mb": args.object_store_mb, "shuffle_buffer": args.shuffle_buffer}, "results": {}}
+                           "object_store_mb": args.object_store_mb, "shuffle_buffer": args.shuffle_buffer,
+                           "ray_prefetch": args.ray_prefetch}, "results": {}}
     print(f"load average {os.getloadavg()}")
     sets, required_of, map_batch, rows = {}, {}, {}, []
     for w in args.workloads:  # the work ceilings fork from this process, so they run before Ray starts
@@ -107,7 +110,7 @@ def main() -> None:
         args.rounds,
         lambda i: ingest.ray_block(sets, names, epochs, os.path.join(storage, f"ray{i}"), cpus=args.procs + 1,
                                    object_store_mb=args.object_store_mb, batch=args.batch, map_batch=map_batch, block_mb=args.block_mb, data_cpus=1.0,
-                                   required_of=required_of, shuffle=args.shuffle_buffer),
+                                   required_of=required_of, shuffle=args.shuffle_buffer, prefetch=args.ray_prefetch),
         lambda i: ingest.wds_block(wds_side, names, epochs), names)
     wds_side.close()
     for w in names:

@@ -36,6 +36,40 @@ from contrastlab.platform.data.reader import block_rows  # noqa: E402
 ROLES = ("data_tasks", "train_worker", "other_ray", "raylet")
 
 
+def alternate_variants(side: "ingest.RaySide", names: list[str], rounds: int, epochs: int) -> dict[str, list[dict]]:
+    """Run the sets `names` of one RaySide in alternated order (a, b, c, c, b, a, ...), each time a
+    warm-up epoch and `epochs` timed ones; per run, the epochs' images/s and first-batch seconds and
+    the CPU us per image of each role of Ray process (/proc, over the timed epochs)."""
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for i in range(rounds):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            side.epoch(name)  # warm-up
+            before, t0 = cpu_by_process(), time.time()
+            timed = [side.epoch(name) for _ in range(epochs)]
+            after = cpu_by_process()
+            n = sum(e["samples"] for e in timed)
+            per_role: dict[str, float] = {}
+            for key, seconds in after.items():
+                per_role[key[1]] = per_role.get(key[1], 0.0) + seconds - before.get(key, 0.0)
+            runs[name].append({"images_per_s": [e["samples"] / (e["t1"] - e["t0"]) for e in timed],
+                               "first_batch_s": [e["t_first"] - e["t0"] for e in timed],
+                               "wall_s": time.time() - t0, "cpu_us_per_image": {r: 1e6 * s / n for r, s in sorted(per_role.items())}})
+            print(f"round {i + 1}/{rounds}, {name}: " + " ".join(f"{x:.0f}" for x in runs[name][-1]["images_per_s"]) + " img/s, "
+                  + ", ".join(f"{r} {runs[name][-1]['cpu_us_per_image'].get(r, 0):.0f}" for r in ROLES) + " us/img", flush=True)
+    return runs
+
+
+def variant_table(runs: dict[str, list[dict]], label: str) -> list[dict]:
+    """One row per variant: median, min and max images/s, median first batch, median us/img per role."""
+    table = []
+    for name, rs in runs.items():
+        rates = [x for r in rs for x in r["images_per_s"]]
+        table.append({label: name, "img/s median": float(np.median(rates)), "min": min(rates), "max": max(rates),
+                      "first batch s": float(np.median([x for r in rs for x in r["first_batch_s"]])),
+                      **{f"{role} us/img": float(np.median([r["cpu_us_per_image"].get(role, 0.0) for r in rs])) for role in ROLES}})
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -58,28 +92,10 @@ def main() -> None:
     start_ray(args.procs + 1, None)
     side = ingest.RaySide(sets, batch=args.batch, map_batch={name: rows for name in sets}, data_cpus=1.0,
                           storage=os.path.join(work, "ray"), shuffle_by_set=variants)
-    runs: dict[str, list[dict]] = {name: [] for name in variants}
-    for i in range(rounds):
-        for name in (list(variants) if i % 2 == 0 else list(variants)[::-1]):
-            side.epoch(name)  # warm-up
-            before, t0 = cpu_by_process(), time.time()
-            epochs = [side.epoch(name) for _ in range(args.epochs)]
-            after = cpu_by_process()
-            n = sum(e["samples"] for e in epochs)
-            per_role: dict[str, float] = {}
-            for key, seconds in after.items():
-                per_role[key[1]] = per_role.get(key[1], 0.0) + seconds - before.get(key, 0.0)
-            runs[name].append({"images_per_s": [e["samples"] / (e["t1"] - e["t0"]) for e in epochs],
-                               "wall_s": time.time() - t0, "cpu_us_per_image": {r: 1e6 * s / n for r, s in sorted(per_role.items())}})
-            print(f"round {i + 1}/{rounds}, {name}: " + " ".join(f"{x:.0f}" for x in runs[name][-1]["images_per_s"]) + " img/s, "
-                  + ", ".join(f"{r} {runs[name][-1]['cpu_us_per_image'].get(r, 0):.0f}" for r in ROLES) + " us/img", flush=True)
+    runs = alternate_variants(side, list(variants), rounds, args.epochs)
     side.close()
 
-    table = []
-    for name, rs in runs.items():
-        rates = [x for r in rs for x in r["images_per_s"]]
-        table.append({"shuffle": name, "img/s median": float(np.median(rates)), "min": min(rates), "max": max(rates),
-                      **{f"{role} us/img": float(np.median([r["cpu_us_per_image"].get(role, 0.0) for r in rs])) for role in ROLES}})
+    table = variant_table(runs, "shuffle")
     median = {row["shuffle"]: row["img/s median"] for row in table}
     print()
     print_table(table, list(table[0]))

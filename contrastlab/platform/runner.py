@@ -128,7 +128,8 @@ def build_datasets(exp: Experiment, plan: DataPlan, run_state_name: str | None) 
         data_context.execution_options.preserve_order = True
     common = dict(policy=exp.data.bad_samples, run_state_name=run_state_name, filesystem=plan.filesystem,
                   seed=exp.run.seed, cpus=exp.data.preprocess_cpus, batch_size=exp.data.preprocess_batch_size, block_mb=exp.data.preprocess_block_mb,
-                  task_output_buffer_mb=exp.data.task_output_buffer_mb, photometric=exp.data.photometric)
+                  task_output_buffer_mb=exp.data.task_output_buffer_mb, photometric=exp.data.photometric,
+                  executor_poll_s=exp.data.executor_poll_s)
     fn, required = method_cls.make_preprocess(exp.method, "train", plan.meta)
     datasets = {"train": build_dataset(plan.train, fn, required=required, split="train", shuffle_files=exp.data.shuffle_files,
                                        mix=plan.mix, **common)}

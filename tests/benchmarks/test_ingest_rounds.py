@@ -81,3 +81,28 @@ def test_cpu_seconds_counts_this_process_busy_time(bench):
     used = cpu_seconds([os.getpid()]) - before
     assert 0.2 <= used <= 0.6  # /proc counts in clock ticks (10 ms)
     assert cpu_seconds([2**22 + 12345]) == 0  # a pid that does not exist counts nothing
+
+
+def test_variants_alternate_and_leave_the_warm_up_out(monkeypatch):
+    """shuffle_buffer.py's and executor_poll.py's harness: a, b, c, then c, b, a; each run a warm-up
+    epoch and the timed ones, whose rates and first-batch times make the table."""
+    import shuffle_buffer
+
+    monkeypatch.setattr(shuffle_buffer, "cpu_by_process", dict)  # no cluster here: no Ray processes to count
+
+    class Side:  # answers epochs as RaySide.epoch does: name -> timings of one epoch
+        def __init__(self):
+            self.asked = []
+
+        def epoch(self, name):
+            self.asked.append(name)
+            warm_up = len(self.asked) % 3 == 1  # every run: one warm-up, then two timed
+            return epoch(100, 10.0 if warm_up else {"a": 1.0, "b": 2.0, "c": 4.0}[name])
+
+    side = Side()
+    runs = shuffle_buffer.alternate_variants(side, ["a", "b", "c"], rounds=2, epochs=2)
+    assert side.asked == list("aaabbbccc" + "cccbbbaaa")
+    assert [r["images_per_s"] for r in runs["b"]] == [[50.0, 50.0], [50.0, 50.0]]
+    assert runs["c"][0]["first_batch_s"] == [0.4, 0.4]
+    table = shuffle_buffer.variant_table(runs, "variant")
+    assert [(row["variant"], row["img/s median"], row["first batch s"]) for row in table] == [("a", 100.0, 0.1), ("b", 50.0, 0.2), ("c", 25.0, 0.4)]

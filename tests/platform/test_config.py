@@ -38,6 +38,13 @@ def test_fp16_on_cpu_refused():
         build_experiment("clip", sets=["train.precision=fp16"])
 
 
+def test_executor_poll_outside_0_to_1_s_refused():
+    for bad in ("-0.1", "2"):
+        with pytest.raises(ConfigError, match="data.executor_poll_s must be between 0"):
+            build_experiment("clip", sets=[f"data.executor_poll_s={bad}"])
+    assert build_experiment("clip", sets=["data.executor_poll_s=0.02"]).data.executor_poll_s == 0.02
+
+
 def test_resource_plan_that_starves_ingest_is_refused():
     from contrastlab.platform.runner import plan_resources
 

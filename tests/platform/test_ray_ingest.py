@@ -169,6 +169,28 @@ def test_build_dataset_reads_the_cluster_store(ray_cluster):
     assert nodes and all(cpus >= 1 and store > 0 for cpus, store in nodes)
 
 
+def test_executor_poll_reaches_every_process_the_dataset_goes_to(ray_cluster, tmp_path):
+    """data.executor_poll_s is set in the driver that builds the dataset and in any process the
+    dataset is sent to, as a Train worker's SplitCoordinator receives it (executor_poll.py)."""
+    from ray.data._internal.execution import streaming_executor_state as state
+
+    paths = write_shards(((f"{i:05d}", {"json": {"index": i}}) for i in range(4)), tmp_path)
+    before = state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S
+    try:
+        ds = build_dataset(paths, _describe, cpus=0.25, executor_poll_s=0.0234)
+        assert state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == 0.0234
+
+        @ray_cluster.remote(num_cpus=0.25)
+        def poll_where_received(dataset):
+            from ray.data._internal.execution import streaming_executor_state as there
+
+            return there.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S, len(dataset.take_all())
+
+        assert ray_cluster.get(poll_where_received.remote(ds)) == (0.0234, 4)
+    finally:
+        state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = before
+
+
 def test_deferred_photometric_columns_travel_through_ray_data(ray_cluster, tmp_path):
     """data.photometric=device: read tasks emit the cropped view plus its drawn parameters; finished
     on the consumer, the rows match the views the read tasks make whole (same draws, same keys)."""

@@ -23,6 +23,7 @@ import numpy as np
 from ..config import DataConfig
 from .augment import PHOTOMETRIC_SUFFIX, DeferredView, photometric_place
 from .codecs import DecodeError, decode_jpeg, decode_json, decode_npy, decode_png, decode_text
+from .executor_poll import set_executor_poll
 from .tar_stream import TAR_READ_BUFFER, iter_tar_members
 
 log = logging.getLogger(__name__)
@@ -175,10 +176,13 @@ def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
 
 
 def make_datasource(paths: list[str], preprocess: "PreprocessBatches", policy: str, run_state_name: str | None, filesystem=None,
-                    shuffle_files: bool = False, seed: int = 0, rows_per_block: int = UNSIZED_BLOCK_ROWS, mix=None):
+                    shuffle_files: bool = False, seed: int = 0, rows_per_block: int = UNSIZED_BLOCK_ROWS, mix=None,
+                    executor_poll_s: float = DataConfig.executor_poll_s):
     """One read task per shard: stream its samples, preprocess every `rows_per_block` of them, and
     yield each preprocessed block as soon as it is ready. With a `MixPlan` (several weighted training
-    sources), each sample is emitted as many times as the plan draws for this epoch (0, 1, 2, ...)."""
+    sources), each sample is emitted as many times as the plan draws for this epoch (0, 1, 2, ...).
+    `executor_poll_s` (data.executor_poll_s) is applied in every process that unpickles the
+    datasource, the ones running Ray Data's executor for it among them (executor_poll.py)."""
     from ray.data.block import BlockAccessor
     from ray.data.datasource import FileBasedDatasource
 
@@ -192,6 +196,12 @@ def make_datasource(paths: list[str], preprocess: "PreprocessBatches", policy: s
 
                 shuffle = FileShuffleConfig(seed=seed)
             super().__init__(paths, filesystem=filesystem, shuffle=shuffle)
+            self.executor_poll_s = executor_poll_s
+            set_executor_poll(executor_poll_s)  # the driver's own executors (ds.iter_* there)
+
+        def __setstate__(self, state):
+            self.__dict__.update(state)
+            set_executor_poll(self.executor_poll_s)  # a SplitCoordinator actor, a read task, ...
 
         def _read_stream(self, f, path: str):
             rows = []
@@ -352,6 +362,7 @@ def build_dataset(
     mix=None,
     task_output_buffer_mb: float = DataConfig.task_output_buffer_mb,
     photometric: str = DataConfig.photometric,
+    executor_poll_s: float = DataConfig.executor_poll_s,
 ):
     """shards -> Ray Dataset of preprocessed numpy rows (lazy, streaming).
 
@@ -378,7 +389,7 @@ def build_dataset(
     rows = block_rows(row_bytes, block_mb, batch_size)
     ds = ray.data.read_datasource(
         make_datasource(paths, fn, policy, run_state_name, filesystem, shuffle_files and split == "train", seed, rows_per_block=rows,
-                        mix=mix if split == "train" else None),
+                        mix=mix if split == "train" else None, executor_poll_s=executor_poll_s),
         num_cpus=cpus, override_num_blocks=max(1, len(paths)),
     )
     # Ray Data reserves a share of the cluster's CPUs per operator so that one stage of a multi-stage

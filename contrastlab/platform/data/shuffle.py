@@ -277,6 +277,9 @@ def iter_shuffled_torch_batches(shard, batch_size: int, buffer_rows: int, seed: 
     """A Ray Data iterator (a Train worker's dataset shard) -> shuffled torch batches on `device`:
     whole blocks from Ray (`batch_size=None`, numpy views of the object store, `prefetch_batches`
     blocks ahead) through `shuffled_batches`, pinning at most `node_store_budget()` bytes of them.
+    Ray's iterator yields a block only once `prefetch_batches` more are in, so 0 (allowed) takes each
+    block as it is made; side by side it changed neither the first batch nor the rate at 224 px or with
+    48-row blocks (benchmarks/iterator_latency.py, session 17), so `data.prefetch_batches` stays 1.
 
     On a GPU the batches are made in a background thread, `prefetch_batches` ahead (at least 1), so that
     gathering the next batch and copying it to the device overlap the step, which the loop waits for
@@ -288,7 +291,7 @@ def iter_shuffled_torch_batches(shard, batch_size: int, buffer_rows: int, seed: 
     store_budget = node_store_budget()
 
     def make_items():
-        blocks = shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=max(1, prefetch_batches))
+        blocks = shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=prefetch_batches)
         for batch in shuffled_batches(blocks, batch_size, buffer_rows, seed, drop_last=drop_last, store_budget=store_budget):
             yield to_torch(batch, device)
 
