@@ -13,8 +13,8 @@ alternated, medians of 8 epochs per variant; images/s relative to Ray's 0.1 s in
 | wait | 224 px, 0.9 s epochs: first batch / img/s | 375x500 viewed at 224, 2.3 s epochs: first batch / img/s | Train worker CPU |
 |---|---|---|---|
 | 0.1 s (Ray's) | 0.35-0.45 s / 1 | 0.55-0.61 s / 1 | - |
-| 0.02 s | 0.27-0.28 s / 1.02, 0.95 | 0.45-0.47 s / 0.99, 0.94 | +10-23 us/img |
-| 0.01 s | 0.29 s / 1.02, 0.96 | 0.44 s / 0.97, 0.95 | +20-46 us/img |
+| 0.02 s | 0.27-0.28 s / 1.02, 0.95 | 0.45-0.47 s / 0.99, 0.94 | -5 to +23 us/img |
+| 0.01 s | 0.29 s / 1.02, 0.96 | 0.44 s / 0.97, 0.95 | +10 to +46 us/img |
 
 So the default leaves Ray's wait alone (`data.executor_poll_s` = 0): a faster look brings each epoch's
 first batch 0.1-0.17 s sooner, which pays only where an epoch lasts about a second (small embedded
