@@ -6,8 +6,8 @@ shuffle buffer) for a grid of two settings, beside Ray's own behaviour:
 - `data.prefetch_batches` (`--prefetch`): blocks the Train worker's iterator fetches ahead; Ray's
   iterator yields a block only once that many more are in.
 The reference variant `ray` is Ray's wait (0.1 s, the platform's default) with prefetch 1 (also the
-platform's). Besides the rate, the CPU each
-role of Ray process spends per image (the Train worker runs the executor in a one-worker run).
+platform's). Besides the rate, the CPU each role of Ray process spends per image (the Train worker
+runs the executor in a one-worker run).
 
 All variants run on the same cluster over the same shards (one Train worker, which sets each set's
 wait before its epoch: ingest.ingest_loop), in alternated order, each time a warm-up epoch, then
@@ -62,7 +62,8 @@ def main() -> None:
     rounds = args.rounds or (3 if args.quick else 4)
     work = tempfile.mkdtemp(prefix="bench_iterator_")
     stored = tuple(int(x) for x in args.stored.split("x")) if args.stored else args.size
-    shards = write_photo_shards(os.path.join(work, "shards"), images, stored, per_shard=args.per_shard or max(1, images // (2 * args.procs)), seed=1)
+    per_shard = args.per_shard or max(1, images // (2 * args.procs))
+    shards = write_photo_shards(os.path.join(work, "shards"), images, stored, per_shard=per_shard, seed=1)
     settings = {f"poll{s * 1000:g}ms_prefetch{k}": (s, k) for s in args.poll_s for k in args.prefetch}
     settings["ray"] = (RAY_OWN_POLL_S, RAY_PREFETCH)
     rows = block_rows(2 * 3 * args.size ** 2 + 8, DataConfig.preprocess_block_mb, DataConfig.preprocess_batch_size)
@@ -83,7 +84,7 @@ def main() -> None:
         print(f"{row['variant']}: {ratios[row['variant']]:.3f} of ray's img/s; first batch {row['first batch s']:.3f} s "
               f"(ray {reference['first batch s']:.3f} s)")
     write_report(args.out, {"benchmark": "iterator_latency", "quick": args.quick, "machine": machine(),
-                            "settings": {"size": args.size, "stored": args.stored or args.size, "images": images, "per_shard": args.per_shard or images // (2 * args.procs), "rounds": rounds,
+                            "settings": {"size": args.size, "stored": args.stored or args.size, "images": images, "per_shard": per_shard, "rounds": rounds,
                                          "epochs": args.epochs, "batch": args.batch, "variants": settings, "block_rows": rows,
                                          "procs": args.procs, "shuffle_buffer": DataConfig.shuffle_buffer},
                             "table": table, "ratio_vs_ray": ratios,

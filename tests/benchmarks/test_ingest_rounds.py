@@ -84,7 +84,7 @@ def test_cpu_seconds_counts_this_process_busy_time(bench):
 
 
 def test_variants_alternate_and_leave_the_warm_up_out(monkeypatch):
-    """shuffle_buffer.py's and executor_poll.py's harness: a, b, c, then c, b, a; each run a warm-up
+    """shuffle_buffer.py's and iterator_latency.py's harness: a, b, c, then c, b, a; each run a warm-up
     epoch and the timed ones, whose rates and first-batch times make the table."""
     import shuffle_buffer
 
