@@ -266,10 +266,12 @@ def ingest_loop(config: dict) -> None:
         # data.executor_poll_s of whichever set it unpickled last: apply this set's.
         set_executor_poll(config["executor_poll_s"][name] or RAY_OWN_POLL_S)
         device = config["device"]
-        shuffle, impl = config["shuffle"][name]  # data.shuffle_buffer rows; drawn as the platform's training loop draws them, or by Ray
+        # data.shuffle_buffer rows; drawn as the platform's training loop draws them (its first batch by
+        # the start rule `start`, shuffle.START_RULES), or by Ray
+        shuffle, impl, *start = config["shuffle"][name]
         if shuffle and impl == "platform":
             batches = iter_shuffled_torch_batches(shards[name], config["batch"], shuffle, seed=k, drop_last=False, device=device,
-                                                  prefetch_batches=config["prefetch"][name])
+                                                  prefetch_batches=config["prefetch"][name], **({"start": start[0]} if start else {}))
         else:  # Ray's own local shuffle buffer (what the platform used before session 16), or none
             batches = shards[name].iter_torch_batches(batch_size=config["batch"], prefetch_batches=config["prefetch"][name], device=device,
                                                       local_shuffle_buffer_size=shuffle or None, local_shuffle_seed=k if shuffle else None)
@@ -287,8 +289,8 @@ class RaySide:
     """One TorchTrainer (1 worker, 1 CPU) over the platform's `reader.build_dataset` datasets
     (`sets`: name -> (shard paths, per-sample fn); `required_of`: name -> required members, default
     jpg + json), kept running in a driver thread and asked for one epoch at a time. Each set's epochs
-    are shuffled by `shuffle_by_set[name]` = (buffer rows, "platform" | "ray"), else by (`shuffle`,
-    `shuffle_impl`); 0 rows = unshuffled. `build_by_set[name]`: keyword arguments of that set's
+    are shuffled by `shuffle_by_set[name]` = (buffer rows, "platform" | "ray"[, the platform buffer's
+    start rule]), else by (`shuffle`, `shuffle_impl`); 0 rows = unshuffled. `build_by_set[name]`: keyword arguments of that set's
     `build_dataset` (e.g. its executor_poll_s, which the Train worker applies before each of its epochs);
     `prefetch_by_set[name]`: that set's prefetch_batches, else `prefetch`."""
 

@@ -4,9 +4,11 @@ shuffle buffer) for a grid of two settings, beside Ray's own behaviour:
 - `data.executor_poll_s` (`--poll-s`, data/executor_poll.py): the longest wait of Ray Data's
   scheduling loop for its tasks; Ray's own is 0.1 s;
 - `data.prefetch_batches` (`--prefetch`): blocks the Train worker's iterator fetches ahead; Ray's
-  iterator yields a block only once that many more are in.
+  iterator yields a block only once that many more are in;
+- the shuffle buffer's start rule (`--shuffle-start`, data/shuffle.py's START_RULES): when an
+  epoch's first batch is drawn ("first_block", the platform's, or webdataset's "tenth" of the buffer).
 The reference variant `ray` is Ray's wait (0.1 s, the platform's default) with prefetch 1 (also the
-platform's). Besides the rate, the CPU each role of Ray process spends per image (the Train worker
+platform's) and the platform's start rule. Besides the rate, the CPU each role of Ray process spends per image (the Train worker
 runs the executor in a one-worker run).
 
 All variants run on the same cluster over the same shards (one Train worker, which sets each set's
@@ -17,6 +19,8 @@ reference's median) and `first_batch_s`, per variant.
     python benchmarks/iterator_latency.py --quick --out results/iterator_latency_quick.json
     python benchmarks/iterator_latency.py --stored 375x500 --images 2400 --out results/iterator_latency_375x500.json
     python benchmarks/iterator_latency.py --images 768 --per-shard 48 --batch 32 --out results/iterator_latency_small_blocks.json
+    python benchmarks/iterator_latency.py --images 768 --per-shard 48 --batch 32 --poll-s 0.1 --shuffle-start tenth \
+        --out results/iterator_latency_shuffle_start.json
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from shuffle_buffer import alternate_variants, variant_table  # noqa: E402
 from contrastlab.platform.config import DataConfig  # noqa: E402
 from contrastlab.platform.data.executor_poll import RAY_OWN_POLL_S  # noqa: E402
 from contrastlab.platform.data.reader import block_rows  # noqa: E402
+from contrastlab.platform.data.shuffle import START_RULES  # noqa: E402
 
 RAY_PREFETCH = 1
 
@@ -54,6 +59,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--poll-s", type=float, nargs="+", default=[0.02], help="executor waits to try (data.executor_poll_s; Ray's is 0.1)")
     ap.add_argument("--prefetch", type=int, nargs="+", default=[DataConfig.prefetch_batches], help="prefetch_batches to try (data.prefetch_batches)")
+    ap.add_argument("--shuffle-start", nargs="+", choices=START_RULES, default=[START_RULES[0]],
+                    help="the shuffle buffer's start rules to try (data/shuffle.py; the platform's is first_block)")
     ap.add_argument("--per-shard", type=int, default=0, help="images per shard (0: a quarter of them with 2 procs, as ingest.py); "
                     "shards smaller than a block make blocks of one shard (FAME's embedded videos: 48)")
     ap.add_argument("--procs", type=int, default=2, help="data tasks at a time (1 CPU each)")
@@ -64,14 +71,16 @@ def main() -> None:
     stored = tuple(int(x) for x in args.stored.split("x")) if args.stored else args.size
     per_shard = args.per_shard or max(1, images // (2 * args.procs))
     shards = write_photo_shards(os.path.join(work, "shards"), images, stored, per_shard=per_shard, seed=1)
-    settings = {f"poll{s * 1000:g}ms_prefetch{k}": (s, k) for s in args.poll_s for k in args.prefetch}
-    settings["ray"] = (RAY_OWN_POLL_S, RAY_PREFETCH)
+    settings = {f"poll{s * 1000:g}ms_prefetch{k}" + ("" if r == START_RULES[0] else f"_start_{r}"): (s, k, r)
+                for s in args.poll_s for k in args.prefetch for r in args.shuffle_start}
+    settings["ray"] = (RAY_OWN_POLL_S, RAY_PREFETCH, START_RULES[0])
     rows = block_rows(2 * 3 * args.size ** 2 + 8, DataConfig.preprocess_block_mb, DataConfig.preprocess_batch_size)
     sets = {name: (shards, ingest.make_sample_fn("moco", args.size)) for name in settings}
     start_ray(args.procs + 1, None)
     side = ingest.RaySide(sets, batch=args.batch, map_batch={name: rows for name in sets}, data_cpus=1.0, storage=os.path.join(work, "ray"),
-                          shuffle=DataConfig.shuffle_buffer, build_by_set={name: {"executor_poll_s": s} for name, (s, _) in settings.items()},
-                          prefetch_by_set={name: k for name, (_, k) in settings.items()})
+                          shuffle_by_set={name: (DataConfig.shuffle_buffer, "platform", r) for name, (_, _, r) in settings.items()},
+                          build_by_set={name: {"executor_poll_s": s} for name, (s, _, _) in settings.items()},
+                          prefetch_by_set={name: k for name, (_, k, _) in settings.items()})
     runs = alternate_variants(side, list(settings), rounds, args.epochs)
     side.close()
 

@@ -79,15 +79,41 @@ def test_seeded_and_mixes_blocks():
     assert all(len(set((b // 100).tolist())) >= 2 for b in batches[10:20])
 
 
-def test_the_first_batch_comes_early_and_the_buffer_grows():
-    """webdataset's start: the first batch once a tenth of the buffer is held (at least a batch), then
-    a row more held per row drawn, up to the buffer; Ray's rule waited for the whole buffer."""
+def _held_at_each_draw(blocks, batch, buffer_rows, **kwargs) -> list[int]:
     held_at_draw = []
     with _watching_draws(before=lambda held: held_at_draw.append(len(held))):
-        list(shuffled_batches(_blocks([10] * 100), 10, 200, seed=0))
+        list(shuffled_batches(_blocks(blocks), batch, buffer_rows, seed=0, **kwargs))
+    return held_at_draw
+
+
+def test_the_first_batch_comes_early_and_the_buffer_grows():
+    """webdataset's start ("tenth"): the first batch once a tenth of the buffer is held (at least a
+    batch), then a row more held per row drawn, up to the buffer; Ray's rule waited for the whole buffer."""
+    held_at_draw = _held_at_each_draw([10] * 100, 10, 200, start="tenth")
     assert held_at_draw[0] == 20  # a tenth of 200
     assert held_at_draw[:5] == [20, 30, 40, 50, 60]  # each draw of 10 leaves room for 10 more held rows
     assert max(held_at_draw) == 200 and held_at_draw[30] == 200  # full after 18 draws, then steady
+
+
+def test_by_default_the_first_block_is_enough_to_start():
+    """The platform's start ("first_block"): blocks smaller than a tenth of the buffer (FAME's 48-video
+    shards under 1,000 rows) no longer wait for a second wave of read tasks; the buffer then grows as before."""
+    assert _held_at_each_draw([48] * 20, 32, 1000)[0] == 48  # "tenth" waits for 100: three blocks
+    assert _held_at_each_draw([48] * 20, 32, 1000, start="tenth")[0] == 144
+    assert _held_at_each_draw([10] * 100, 10, 200)[:5] == [10, 20, 30, 40, 50]
+    assert max(_held_at_each_draw([10] * 100, 10, 200)) == 200
+    # at least a batch: 8-row blocks under a batch of 32 start at 32 rows (four blocks)
+    assert _held_at_each_draw([8] * 40, 32, 1000)[0] == 32
+    # blocks of a tenth or more start where webdataset's rule does
+    for blocks, batch in (([222] * 10, 128), ([1024] * 3, 64)):
+        assert _held_at_each_draw(blocks, batch, 1000) == _held_at_each_draw(blocks, batch, 1000, start="tenth")
+    # an empty first block does not set the start
+    assert _held_at_each_draw([0, 48, 48, 48], 32, 1000)[0] == 48
+
+
+def test_an_unknown_start_rule_is_named():
+    with pytest.raises(ValueError, match="start must be one of"):
+        list(shuffled_batches(_blocks([4]), 2, 10, seed=0, start="half"))
 
 
 def test_draws_are_uniform_over_the_buffer():

@@ -13,10 +13,21 @@ image with Ray's shuffle and 69-85 with this one (59-70 with no shuffle at all),
 Semantics are those of webdataset's shuffle buffer: a batch takes `batch_size` of the held rows
 uniformly at random, without replacement; the rows of several blocks, hence of several shards and
 sources, mix in a batch. Like webdataset (and unlike Ray's buffer, which waits for all of its rows),
-the first batch of an epoch is drawn once a tenth of the buffer is held, and the buffer grows to its
-size as batches are drawn: with Ray's rule an epoch shorter than the buffer was read whole before its
-first batch (FAME's 384 embedded videos under a 1,000-row buffer), so the step never overlapped the
-reading. The draw is a function of `seed` and the order in which blocks arrive (fixed under
+the first batch of an epoch is drawn early and the buffer grows to its size as batches are drawn:
+with Ray's rule an epoch shorter than the buffer was read whole before its first batch (FAME's 384
+embedded videos under a 1,000-row buffer), so the step never overlapped the reading.
+
+When the first batch is drawn (`start`): webdataset draws once a tenth of its buffer is held
+("tenth"), but its buffer holds raw samples, which cost only their reading, and a DataLoader
+worker's first 100 are one shard's. Here rows are decoded and augmented, and they come a read task's
+whole block at a time, so with blocks of fewer rows than that tenth (FAME's 48-video shards, each one
+block) the first batch waited for a second wave of read tasks: 0.36-0.47 s of a 0.65 s epoch where
+webdataset's came at 0.16-0.21 s (benchmarks/media_ingest.py, session 17). "first_block" (the
+default) draws once the tenth or the epoch's first block is held, whichever is fewer rows (at least a
+batch): a first batch from one shard's rows, as webdataset's. With blocks of a tenth or more (every
+image set of 64-375x500 px: 222-1,024 rows) the two rules are the same.
+
+The draw is a function of `seed` and the order in which blocks arrive (fixed under
 `data.deterministic`).
 """
 from __future__ import annotations
@@ -30,6 +41,7 @@ import numpy as np
 ROW_BYTES_COPIED_ONE_BY_ONE = 16 * 1024  # larger rows: one copy each, straight into the batch; smaller: gathered per block
 COMPACT_BELOW = 0.25  # a held block with fewer of its rows still in the pool gives them up to a compact block
 INITIAL_SHARE = 0.1  # of the buffer, held before the first batch (webdataset's shuffle: 100 of 1,000)
+START_RULES = ("first_block", "tenth")  # when the first batch is drawn: see the module docstring
 STORE_SHARE_FOR_SHUFFLE = 0.25  # of a node's object store, split between its Train workers: blocks the buffer may pin
 
 
@@ -162,20 +174,27 @@ class _Held:
 
 
 def shuffled_batches(blocks: Iterable[dict[str, np.ndarray]], batch_size: int, buffer_rows: int, seed: int,
-                     drop_last: bool = False, store_budget: float | None = None) -> Iterator[dict[str, np.ndarray]]:
+                     drop_last: bool = False, store_budget: float | None = None,
+                     start: str = "first_block") -> Iterator[dict[str, np.ndarray]]:
     """Blocks (column name -> array, rows first) -> batches of `batch_size` rows drawn at random from a
     buffer of `buffer_rows` rows (every row exactly once; the last batch short unless `drop_last`).
-    The first batch is drawn once `INITIAL_SHARE` of the buffer (at least a batch) is held, and the
-    buffer then grows by a row per row drawn until it is full. `store_budget`: bytes of the incoming
-    blocks the buffer may keep as they came (object-store views); beyond it, rows are copied out
-    (`_Held`)."""
+    The first batch is drawn once `INITIAL_SHARE` of the buffer is held, or with `start="first_block"`
+    the epoch's first block if that is fewer rows (at least a batch either way), and the buffer then
+    grows by a row per row drawn until it is full. `store_budget`: bytes of the incoming blocks the
+    buffer may keep as they came (object-store views); beyond it, rows are copied out (`_Held`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if start not in START_RULES:
+        raise ValueError(f"start must be one of {START_RULES}, got {start!r}")
     rng = np.random.default_rng(seed)
     held = _Held(store_budget)
     first = max(batch_size, int(INITIAL_SHARE * buffer_rows))
     drawn = 0
     for block in blocks:
+        if start == "first_block" and not held.next_id:  # the epoch's first non-empty block sets the start
+            rows = len(next(iter(block.values()), ()))
+            if rows:
+                first = max(batch_size, min(first, rows))
         held.add(block)
         # webdataset's start: draw from `first` rows, and let the buffer grow by a row per row drawn
         while len(held) >= max(batch_size, min(buffer_rows, first + drawn)):
@@ -273,7 +292,7 @@ def in_background(make_items: Callable[[], Iterable], depth: int) -> Iterator:
 
 
 def iter_shuffled_torch_batches(shard, batch_size: int, buffer_rows: int, seed: int, *, drop_last: bool, device,
-                                prefetch_batches: int) -> Iterator[dict]:
+                                prefetch_batches: int, start: str = "first_block") -> Iterator[dict]:
     """A Ray Data iterator (a Train worker's dataset shard) -> shuffled torch batches on `device`:
     whole blocks from Ray (`batch_size=None`, numpy views of the object store, `prefetch_batches`
     blocks ahead) through `shuffled_batches`, pinning at most `node_store_budget()` bytes of them.
@@ -292,7 +311,8 @@ def iter_shuffled_torch_batches(shard, batch_size: int, buffer_rows: int, seed: 
 
     def make_items():
         blocks = shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=prefetch_batches)
-        for batch in shuffled_batches(blocks, batch_size, buffer_rows, seed, drop_last=drop_last, store_budget=store_budget):
+        for batch in shuffled_batches(blocks, batch_size, buffer_rows, seed, drop_last=drop_last, store_budget=store_budget,
+                                      start=start):
             yield to_torch(batch, device)
 
     on_cpu = torch.device(device).type == "cpu"
