@@ -8,7 +8,8 @@ photos (random square crops resized to 64 and 224 px, and 4:3 crops resized to 3
 commonest shape, viewed at 224; `--no-imagenet-shape` leaves that set out). Each sample is decoded with
 `codecs.decode_jpeg` (simplejpeg), its json parsed, and two views made at the view size:
 `--views moco` = `augment.moco_v2_view` (crop, jitter, grey, blur, flip), `--views crop` = random
-resized crop + flip (CLIP's train view). Views leave as uint8 CHW (converted to float on the worker).
+resized crop + flip (CLIP's train view), `--views none` = no views, the decoded image itself (the
+pipelines' own ceiling when only the decode is left on the CPU). Views leave as uint8 CHW (converted to float on the worker).
 `--photometric device` (the platform's data.photometric): MoCo-v2 views leave the read side cropped and
 flipped with their drawn parameters, and each pipeline's consumer finishes them batched on `--device`
 (`device_views.finish_views`); the work ceiling then covers the read side only. On a CPU that is ~45x
@@ -95,7 +96,9 @@ SEED = 0
 
 def make_sample_fn(views: str, size: int, photometric: str = "reader"):
     """The per-sample work after decoding: two views at `size`, uint8 CHW (what a method's fn does).
-    photometric="device": MoCo-v2 views leave their jitter/grey/blur to the consumer (data.photometric)."""
+    photometric="device": MoCo-v2 views leave their jitter/grey/blur to the consumer (data.photometric).
+    views="none": no views, the decoded image leaves as it is (how close a pipeline comes to the decode
+    ceiling when nothing but the decode is left on the CPU)."""
 
     def view(img, rng):
         if views == "moco":
@@ -104,6 +107,8 @@ def make_sample_fn(views: str, size: int, photometric: str = "reader"):
 
     def fn(sample: dict, rng: np.random.Generator) -> dict:
         img = sample["jpg"]
+        if views == "none":  # the decoded image as it is: what views made whole on the device would leave here
+            return {"image": to_chw(img)}
         return {"view1": to_chw(view(img, rng)), "view2": to_chw(view(img, rng))}
 
     return fn
@@ -455,7 +460,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out")
-    ap.add_argument("--views", choices=("moco", "crop"), default="moco")
+    ap.add_argument("--views", choices=("moco", "crop", "none"), default="moco",
+                    help="moco: two MoCo-v2 views; crop: two crop+flip views; none: the decoded image only (the pipelines' own "
+                         "ceiling with nothing but the decode on the CPU, as if the views were made on a device)")
     ap.add_argument("--procs", type=int, default=2, help="CPU processes doing per-sample work in every pipeline")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=0, help="alternated rounds, each a DataLoader block and a Ray block (0: 5 quick, 4 full; quick epochs last ~1 s, so their ratios swing more)")
@@ -537,11 +544,12 @@ def main() -> None:
         }
     _RAW = []
 
-    def rows_for(size):  # rows per preprocessed block, as the platform sizes them: two uint8 views + the int64 index
-        return block_rows(2 * 3 * size * size + 8, args.block_mb, args.max_block_rows)
+    def rows_for(view, src):  # rows per preprocessed block, as the platform sizes them: two uint8 views (or the image) + the int64 index
+        h, w = (src, src) if isinstance(src, int) else src
+        return block_rows((3 * h * w if args.views == "none" else 2 * 3 * view * view) + 8, args.block_mb, args.max_block_rows)
 
-    map_batch = {set_name(k): rows_for(view) for k, (_src, view, _n) in workloads.items()}
-    map_batch["big224"] = rows_for(224)
+    map_batch = {set_name(k): rows_for(view, src) for k, (src, view, _n) in workloads.items()}
+    map_batch["big224"] = rows_for(224, 224)
     report["settings"]["map_batch_rows"] = map_batch
     report["settings"]["data_cpus"] = args.data_cpus
     sets = {set_name(k): (shards[k], fns[k]) for k in workloads}

@@ -124,12 +124,29 @@ def test_resize_antialiases_when_shrinking_and_keeps_channel_axes():
     assert up.shape == (8, 128, 3) and (np.diff(up[0, :, 0]) >= 0).all()
 
 
-@pytest.mark.parametrize("hw", [(8, 9), (200, 150)])
+@pytest.mark.parametrize("hw", [(8, 9), (64, 64), (200, 150)])
 def test_to_chw_is_a_planar_copy(hw):
     img = _image(*hw)
     out = A.to_chw(img)
     assert out.shape == (3, *hw) and out.flags["C_CONTIGUOUS"] and np.array_equal(out, img.transpose(2, 0, 1))
     assert A.to_chw(img[:, :, 0]).shape == (1, *hw)
+    assert not np.shares_memory(out, img)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64, np.float16, np.bool_])
+@pytest.mark.parametrize("channels", [1, 2, 4, 7])
+def test_to_chw_keeps_every_dtype_and_channel_count(dtype, channels):
+    rng = np.random.default_rng(channels)
+    img = (rng.random((60, 70, channels)) * 200).astype(dtype)
+    for view in (img, img[::-1, 5:], img[:, :, ::-1]):  # non-contiguous inputs too
+        out = A.to_chw(view)
+        assert out.dtype == img.dtype and out.flags["C_CONTIGUOUS"]
+        assert np.array_equal(out, view.transpose(2, 0, 1))
+
+
+def test_to_chw_takes_more_channels_than_opencv_splits():
+    cube = np.arange(130 * 130 * 600, dtype=np.uint32).reshape(130, 130, 600) % 251  # a hyperspectral-sized patch
+    assert np.array_equal(A.to_chw(cube.astype(np.uint8)), cube.astype(np.uint8).transpose(2, 0, 1))
 
 
 @pytest.mark.parametrize("hw", [(24, 24), (10, 70), (90, 30)])

@@ -81,14 +81,15 @@ class _Held:
     def store_bytes(self) -> int:
         return sum(self.in_store.values())
 
-    def add(self, block: dict[str, np.ndarray]) -> None:
+    def add(self, block: dict[str, np.ndarray]) -> int:
+        """Holds a block's rows; returns how many."""
         block = {name: np.asarray(column) for name, column in block.items()}
         rows = {len(column) for column in block.values()}
         if len(rows) != 1:
             raise ValueError(f"a block's columns have different lengths: { {n: len(c) for n, c in block.items()} }")
         n = rows.pop()
         if n == 0:
-            return
+            return 0
         if not self.row_shape:
             self.row_shape = {name: column.shape[1:] for name, column in block.items()}
             self.dtype = {name: column.dtype for name, column in block.items()}
@@ -102,6 +103,7 @@ class _Held:
         b = self._keep(block, n)
         self.in_store[b] = sum(column.nbytes for column in block.values())
         self._compact()
+        return n
 
     def _register(self, block: dict[str, np.ndarray], n: int) -> int:
         b = self.next_id
@@ -189,14 +191,12 @@ def shuffled_batches(blocks: Iterable[dict[str, np.ndarray]], batch_size: int, b
     rng = np.random.default_rng(seed)
     held = _Held(store_budget)
     first = max(batch_size, int(INITIAL_SHARE * buffer_rows))
-    drawn = 0
+    drawn, started = 0, False
     for block in blocks:
-        if start == "first_block" and not held.next_id:  # the epoch's first non-empty block sets the start
-            rows = len(next(iter(block.values()), ()))
-            if rows:
-                first = max(batch_size, min(first, rows))
-        held.add(block)
-        # webdataset's start: draw from `first` rows, and let the buffer grow by a row per row drawn
+        rows = held.add(block)
+        if start == "first_block" and rows and not started:  # the epoch's first non-empty block
+            first, started = max(batch_size, min(first, rows)), True
+        # the first draw once `first` rows are held; then the buffer grows by a row per row drawn
         while len(held) >= max(batch_size, min(buffer_rows, first + drawn)):
             yield held.draw(batch_size, rng)
             drawn += batch_size
