@@ -89,7 +89,7 @@ from contrastlab.platform.data.augment import PHOTOMETRIC_SUFFIX, hflip, moco_v2
 from contrastlab.platform.data.codecs import decode_jpeg  # noqa: E402
 from contrastlab.platform.data.executor_poll import RAY_OWN_POLL_S, set_executor_poll  # noqa: E402
 from contrastlab.platform.data.reader import block_rows, preprocess_sample  # noqa: E402
-from contrastlab.platform.data.shuffle import iter_shuffled_torch_batches  # noqa: E402
+from contrastlab.platform.data.shuffle import START_RULES, iter_shuffled_torch_batches  # noqa: E402
 
 SEED = 0
 
@@ -272,11 +272,11 @@ def ingest_loop(config: dict) -> None:
         set_executor_poll(config["executor_poll_s"][name] or RAY_OWN_POLL_S)
         device = config["device"]
         # data.shuffle_buffer rows; drawn as the platform's training loop draws them (its first batch by
-        # the start rule `start`, shuffle.START_RULES), or by Ray
-        shuffle, impl, *start = config["shuffle"][name]
+        # the start rule `start`), or by Ray
+        shuffle, impl, start = config["shuffle"][name]
         if shuffle and impl == "platform":
             batches = iter_shuffled_torch_batches(shards[name], config["batch"], shuffle, seed=k, drop_last=False, device=device,
-                                                  prefetch_batches=config["prefetch"][name], **({"start": start[0]} if start else {}))
+                                                  prefetch_batches=config["prefetch"][name], start=start)
         else:  # Ray's own local shuffle buffer (what the platform used before session 16), or none
             batches = shards[name].iter_torch_batches(batch_size=config["batch"], prefetch_batches=config["prefetch"][name], device=device,
                                                       local_shuffle_buffer_size=shuffle or None, local_shuffle_seed=k if shuffle else None)
@@ -288,6 +288,11 @@ def _write_atomic(path: str, text: str) -> None:
     with open(path + ".tmp", "w") as fh:
         fh.write(text)
     os.replace(path + ".tmp", path)
+
+
+def _with_start(rows: int, impl: str, start: str = START_RULES[0]) -> tuple[int, str, str]:
+    """A set's shuffle setting with the platform buffer's start rule made explicit (its default unless named)."""
+    return rows, impl, start
 
 
 class RaySide:
@@ -321,7 +326,7 @@ class RaySide:
             ingest_loop,
             train_loop_config={"datasets": list(datasets), "batch": batch, "control": self.control, "device": device,
                                "prefetch": {name: (prefetch_by_set or {}).get(name, prefetch) for name in datasets},
-                               "shuffle": {name: (shuffle_by_set or {}).get(name, (shuffle, shuffle_impl)) for name in datasets},
+                               "shuffle": {name: _with_start(*(shuffle_by_set or {}).get(name, (shuffle, shuffle_impl))) for name in datasets},
                                "executor_poll_s": {name: build_kwargs[name]["executor_poll_s"] for name in datasets}},
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1, **({"GPU": 1} if device != "cpu" else {})}),
             run_config=ray.train.RunConfig(name="ingest", storage_path=storage),
