@@ -89,7 +89,7 @@ from contrastlab.platform.data.augment import PHOTOMETRIC_SUFFIX, hflip, moco_v2
 from contrastlab.platform.data.codecs import decode_jpeg  # noqa: E402
 from contrastlab.platform.data.executor_poll import RAY_OWN_POLL_S, set_executor_poll  # noqa: E402
 from contrastlab.platform.data.reader import block_rows, preprocess_sample  # noqa: E402
-from contrastlab.platform.data.shuffle import START_RULES, iter_shuffled_torch_batches  # noqa: E402
+from contrastlab.platform.data.shuffle import DEFAULT_START, iter_shuffled_torch_batches  # noqa: E402
 
 SEED = 0
 
@@ -290,7 +290,7 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _with_start(rows: int, impl: str, start: str = START_RULES[0]) -> tuple[int, str, str]:
+def _with_start(rows: int, impl: str, start: str = DEFAULT_START) -> tuple[int, str, str]:
     """A set's shuffle setting with the platform buffer's start rule made explicit (its default unless named)."""
     return rows, impl, start
 

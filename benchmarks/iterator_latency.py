@@ -41,7 +41,7 @@ from shuffle_buffer import alternate_variants, variant_table  # noqa: E402
 from contrastlab.platform.config import DataConfig  # noqa: E402
 from contrastlab.platform.data.executor_poll import RAY_OWN_POLL_S  # noqa: E402
 from contrastlab.platform.data.reader import block_rows  # noqa: E402
-from contrastlab.platform.data.shuffle import START_RULES  # noqa: E402
+from contrastlab.platform.data.shuffle import DEFAULT_START, START_RULES  # noqa: E402
 
 RAY_PREFETCH = 1
 
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--poll-s", type=float, nargs="+", default=[0.02], help="executor waits to try (data.executor_poll_s; Ray's is 0.1)")
     ap.add_argument("--prefetch", type=int, nargs="+", default=[DataConfig.prefetch_batches], help="prefetch_batches to try (data.prefetch_batches)")
-    ap.add_argument("--shuffle-start", nargs="+", choices=START_RULES, default=[START_RULES[0]],
+    ap.add_argument("--shuffle-start", nargs="+", choices=START_RULES, default=[DEFAULT_START],
                     help="the shuffle buffer's start rules to try (data/shuffle.py; the platform's is first_block)")
     ap.add_argument("--per-shard", type=int, default=0, help="images per shard (0: a quarter of them with 2 procs, as ingest.py); "
                     "shards smaller than a block make blocks of one shard (FAME's embedded videos: 48)")
@@ -71,9 +71,9 @@ def main() -> None:
     stored = tuple(int(x) for x in args.stored.split("x")) if args.stored else args.size
     per_shard = args.per_shard or max(1, images // (2 * args.procs))
     shards = write_photo_shards(os.path.join(work, "shards"), images, stored, per_shard=per_shard, seed=1)
-    settings = {f"poll{s * 1000:g}ms_prefetch{k}" + ("" if r == START_RULES[0] else f"_start_{r}"): (s, k, r)
+    settings = {f"poll{s * 1000:g}ms_prefetch{k}" + ("" if r == DEFAULT_START else f"_start_{r}"): (s, k, r)
                 for s in args.poll_s for k in args.prefetch for r in args.shuffle_start}
-    settings["ray"] = (RAY_OWN_POLL_S, RAY_PREFETCH, START_RULES[0])
+    settings["ray"] = (RAY_OWN_POLL_S, RAY_PREFETCH, DEFAULT_START)
     rows = block_rows(2 * 3 * args.size ** 2 + 8, DataConfig.preprocess_block_mb, DataConfig.preprocess_batch_size)
     sets = {name: (shards, ingest.make_sample_fn("moco", args.size)) for name in settings}
     start_ray(args.procs + 1, None)

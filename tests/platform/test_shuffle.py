@@ -100,8 +100,9 @@ def test_by_default_the_first_block_is_enough_to_start():
     shards under 1,000 rows) no longer wait for a second wave of read tasks; the buffer then grows as before."""
     assert _held_at_each_draw([48] * 20, 32, 1000)[0] == 48  # "tenth" waits for 100: three blocks
     assert _held_at_each_draw([48] * 20, 32, 1000, start="tenth")[0] == 144
-    assert _held_at_each_draw([10] * 100, 10, 200)[:5] == [10, 20, 30, 40, 50]
-    assert max(_held_at_each_draw([10] * 100, 10, 200)) == 200
+    small_blocks = _held_at_each_draw([10] * 100, 10, 200)
+    assert small_blocks[:5] == [10, 20, 30, 40, 50]
+    assert max(small_blocks) == 200
     # at least a batch: 8-row blocks under a batch of 32 start at 32 rows (four blocks)
     assert _held_at_each_draw([8] * 40, 32, 1000)[0] == 32
     # blocks of a tenth or more start where webdataset's rule does

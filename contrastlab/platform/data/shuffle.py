@@ -43,7 +43,8 @@ import numpy as np
 ROW_BYTES_COPIED_ONE_BY_ONE = 16 * 1024  # larger rows: one copy each, straight into the batch; smaller: gathered per block
 COMPACT_BELOW = 0.25  # a held block with fewer of its rows still in the pool gives them up to a compact block
 INITIAL_SHARE = 0.1  # of the buffer, held before the first batch (webdataset's shuffle: 100 of 1,000)
-START_RULES = ("first_block", "tenth")  # when the first batch is drawn: see the module docstring
+DEFAULT_START = "first_block"
+START_RULES = (DEFAULT_START, "tenth")  # when the first batch is drawn: see the module docstring
 STORE_SHARE_FOR_SHUFFLE = 0.25  # of a node's object store, split between its Train workers: blocks the buffer may pin
 
 
@@ -179,7 +180,7 @@ class _Held:
 
 def shuffled_batches(blocks: Iterable[dict[str, np.ndarray]], batch_size: int, buffer_rows: int, seed: int,
                      drop_last: bool = False, store_budget: float | None = None,
-                     start: str = "first_block") -> Iterator[dict[str, np.ndarray]]:
+                     start: str = DEFAULT_START) -> Iterator[dict[str, np.ndarray]]:
     """Blocks (column name -> array, rows first) -> batches of `batch_size` rows drawn at random from a
     buffer of `buffer_rows` rows (every row exactly once; the last batch short unless `drop_last`).
     The first batch is drawn once `INITIAL_SHARE` of the buffer is held, or with `start="first_block"`
@@ -294,7 +295,7 @@ def in_background(make_items: Callable[[], Iterable], depth: int) -> Iterator:
 
 
 def iter_shuffled_torch_batches(shard, batch_size: int, buffer_rows: int, seed: int, *, drop_last: bool, device,
-                                prefetch_batches: int, start: str = "first_block") -> Iterator[dict]:
+                                prefetch_batches: int, start: str = DEFAULT_START) -> Iterator[dict]:
     """A Ray Data iterator (a Train worker's dataset shard) -> shuffled torch batches on `device`:
     whole blocks from Ray (`batch_size=None`, numpy views of the object store, `prefetch_batches`
     blocks ahead) through `shuffled_batches`, pinning at most `node_store_budget()` bytes of them.
