@@ -24,11 +24,13 @@ Protocol (card g):
 - Data: shapes-captions (seed 0), training subsets = the first N training pairs (nested: the small
   set is part of the large one); evaluation on the `heldout` split (colour x shape combinations never
   seen in training: compositional zero-shot) and the in-distribution `test` split.
-- Same encoders (4-layer CNN 32-64-64-128 -> 64-d, 2-layer word transformer width 64, context 16),
+- Same encoders (4-layer CNN 32-64-64-128 -> 64-d, 2-layer BPE text transformer width 64, context 16 (the card says word-level)),
   same batch (64), same number of steps (1,500) and the same optimiser schedule (AdamW 1e-3, betas
   (0.9, 0.98), wd 0.1, 5% linear warm-up from 0, cosine) for every variant. So every variant sees
   the same number of pairs; DeCLIP spends about 2.5-3x CLIP's compute per step (two image views,
-  three text passes, the heads); the JSON records each run's wall time.
+  three text passes, the heads); the JSON records each run's wall time. One difference stays: CLIP's
+  temperature is learned freely from tau 0.07, while DeCLIP's theta is clamped into [3, 6] (card b),
+  which lifts it to tau 0.0498 at the first step (both arms cap the logit scale at 100).
 - Variants: clip; declip (all four signals, weights 0.4/0.2/0.2/0.2, queue 1,024); and at the
   small size declip-mvs / -ss / -mlm / -nn (one signal switched off; its weight is given back to the
   contrastive term, the card's "CLIP weight = 1 - the others"). Optional (--extra-variants):

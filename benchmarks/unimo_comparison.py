@@ -22,8 +22,10 @@ on the `heldout` split: image<->text R@1/5/10, hard-negative accuracy (true capt
 / object / relation swap; chance 0.5) and text-only MLM accuracy. Mean ± sample std over seeds.
 The dataset is the same for every seed (dataset seed 0); the run seed changes init and data order.
 
-Card g success criteria checked in the summary: B - A >= 10 points hard-negative accuracy; B not
-worse than A on R@1 (mean of i2t/t2i); C below B on MLM accuracy.
+Card g success criteria checked in the summary: B - A >= 10 points hard-negative accuracy on
+attribute/relation swaps (`hardneg_acc_attr_rel`, the card's "true caption vs attribute/relation
+swap"; the all-kinds difference incl. object swaps is reported beside it, not checked); B not worse
+than A on R@1 (mean of i2t/t2i); C below B on MLM accuracy.
 """
 from __future__ import annotations
 
@@ -44,8 +46,8 @@ ARMS = {
     "cmcl": [],
     "cmcl_no_unimodal": ["method.stream_mix=1:0:0"],
 }
-METRICS = ("hardneg_acc", "hardneg_acc_attribute", "hardneg_acc_object", "hardneg_acc_relation", "i2t_r1", "t2i_r1", "i2t_r5",
-           "t2i_r5", "i2t_r10", "t2i_r10", "zeroshot_colour_shape_top1", "mlm_acc")
+METRICS = ("hardneg_acc", "hardneg_acc_attr_rel", "hardneg_acc_attribute", "hardneg_acc_object", "hardneg_acc_relation",
+           "i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5", "i2t_r10", "t2i_r10", "zeroshot_colour_shape_top1", "mlm_acc")
 
 
 def run_arm(arm: str, seed: int, quick: bool, device: str = "cpu", epochs: int | None = None) -> dict:
@@ -65,7 +67,16 @@ def run_arm(arm: str, seed: int, quick: bool, device: str = "cpu", epochs: int |
     return out
 
 
+def _with_attr_rel(r: dict) -> dict:
+    """Runs recorded before `hardneg_acc_attr_rel` was kept: every shapes-relations eval sample has
+    exactly one attribute, one object and one relation swap, so it is the mean of the two per-kind ones."""
+    if "hardneg_acc_attr_rel" not in r and "hardneg_acc_attribute" in r and "hardneg_acc_relation" in r:
+        r = {**r, "hardneg_acc_attr_rel": (r["hardneg_acc_attribute"] + r["hardneg_acc_relation"]) / 2}
+    return r
+
+
 def summarize(results: list[dict]) -> dict:
+    results = [_with_attr_rel(r) for r in results]
     table: dict = {}
     for arm in ARMS:
         rows = [r for r in results if r["arm"] == arm]
@@ -79,8 +90,12 @@ def summarize(results: list[dict]) -> dict:
     checks = {}
     if "cmcl" in table and "inbatch" in table:
         r1 = lambda a: (table[a]["i2t_r1"]["mean"] + table[a]["t2i_r1"]["mean"]) / 2  # noqa: E731
-        checks["B_minus_A_hardneg_points"] = 100 * (table["cmcl"]["hardneg_acc"]["mean"] - table["inbatch"]["hardneg_acc"]["mean"])
-        checks["B_beats_A_by_10_points_hardneg"] = checks["B_minus_A_hardneg_points"] >= 10
+        # card g: "true caption vs attribute/relation swap" -> hardneg_acc_attr_rel (hardneg_acc also counts object swaps)
+        hn = "hardneg_acc_attr_rel"
+        if hn in table["cmcl"] and hn in table["inbatch"]:
+            checks["B_minus_A_hardneg_attr_rel_points"] = 100 * (table["cmcl"][hn]["mean"] - table["inbatch"][hn]["mean"])
+            checks["B_beats_A_by_10_points_hardneg_attr_rel"] = checks["B_minus_A_hardneg_attr_rel_points"] >= 10
+        checks["B_minus_A_hardneg_all_kinds_points"] = 100 * (table["cmcl"]["hardneg_acc"]["mean"] - table["inbatch"]["hardneg_acc"]["mean"])
         checks["B_not_worse_than_A_r1"] = r1("cmcl") >= r1("inbatch")
     if "cmcl" in table and "cmcl_no_unimodal" in table:
         checks["C_below_B_mlm_acc"] = table["cmcl_no_unimodal"]["mlm_acc"]["mean"] < table["cmcl"]["mlm_acc"]["mean"]
@@ -119,10 +134,11 @@ def main(argv=None) -> None:
     jobs = [(arm, seed, args.quick, args.device, args.epochs) for seed in args.seeds for arm in args.arms if (arm, seed) not in done]
     run_jobs(run_arm, jobs, args.jobs, record)
     summary = summarize(results)
-    print(f"\n{'arm':<18}" + "".join(f"{m:>22}" for m in ("hardneg_acc", "hardneg_acc_relation", "i2t_r1", "t2i_r1", "mlm_acc")))
+    shown = ("hardneg_acc", "hardneg_acc_attr_rel", "hardneg_acc_relation", "i2t_r1", "t2i_r1", "mlm_acc")
+    print(f"\n{'arm':<18}" + "".join(f"{m:>22}" for m in shown))
     for arm, row in summary["table"].items():
         cells = "".join(f"{row[m]['mean']:>14.3f} ± {row[m]['std']:.3f}" if m in row else f"{'-':>22}"
-                        for m in ("hardneg_acc", "hardneg_acc_relation", "i2t_r1", "t2i_r1", "mlm_acc"))
+                        for m in shown)
         print(f"{arm:<18}{cells}")
     print(json.dumps(summary["checks"], indent=1))
 

@@ -4,7 +4,8 @@ The loop owns data parallelism, precision, optimiser stepping, schedules, checkp
 TensorBoard and reporting; the method owns its maths (see contrastlab/methods/base.py).
 
 Data parallelism: gradients of the *trainable* modules only are averaged across workers with one
-coalesced all-reduce per optimiser step (the DDP semantics), instead of wrapping modules in
+coalesced all-reduce per optimiser step, after a tiny one that makes the ranks agree on which
+parameters have a gradient (DDP's semantics with unused parameters), instead of wrapping modules in
 `DistributedDataParallel`. Why: methods call their modules several times per step (two views with
 separate BN statistics), step two optimisers over shared forward passes (C3-GAN) and freeze one
 network during the other's step; DDP's reducer breaks on each of those (unused parameters,
@@ -232,19 +233,35 @@ StepContext.optimize = StepContext.step_optimizer
 
 
 def sync_gradients(params: list[torch.Tensor], world_size: int) -> None:
-    """Average gradients over workers with one coalesced all-reduce (DDP's semantics)."""
-    if world_size <= 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    """Average gradients over workers with DDP's semantics (`find_unused_parameters=True`).
+
+    Ranks may differ in which parameters got a gradient this step (mixed batch types, a branch
+    taken on one rank only). So the ranks first agree on it with one small all-reduce of a presence
+    vector (how many ranks hold each parameter's grad); a parameter with a grad on some rank but not
+    on this one gets a zero grad here, so every rank reduces the same parameters in the same order;
+    a parameter no rank has a grad for stays None (optimisers skip it, as in a single-worker run).
+    Then one coalesced all-reduce per gradient dtype (one in practice) averages them. A single
+    worker (world_size <= 1) returns at once, with no collective.
+    """
+    if world_size <= 1 or not params:
         return
     from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-    flat = _flatten_dense_tensors(grads)
-    torch.distributed.all_reduce(flat)
-    flat /= world_size
-    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-        g.copy_(synced)
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+    torch.distributed.all_reduce(present)  # every rank passes the optimiser's params in the same order
+    buckets: dict[tuple, list[torch.Tensor]] = {}
+    for p, used in zip(params, present.tolist()):
+        if not used:
+            continue
+        if p.grad is None:  # used on another rank only: contribute zeros, as DDP does
+            p.grad = torch.zeros_like(p)
+        buckets.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+    for grads in buckets.values():  # same keys, order and sizes on every rank
+        flat = _flatten_dense_tensors(grads)
+        torch.distributed.all_reduce(flat)
+        flat /= world_size
+        for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
 
 
 def per_rank_keys(method: nn.Module) -> list[str]:

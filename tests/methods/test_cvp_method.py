@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from contrastlab.methods.cvp.config import CVPConfig
+from contrastlab.methods.cvp.config import SMALL_SCALE, CVPConfig
 from contrastlab.methods.cvp.method import CVP, cvp_sample_fn
-from contrastlab.methods.cvp.model import CrossChannelPredictor
+from contrastlab.methods.cvp.model import ContrastiveNet, CrossChannelPredictor
 from contrastlab.methods.cvp.svm import svm_scores
 
 torch.set_num_threads(1)
@@ -17,12 +17,74 @@ def small_cfg(**kw):
     return CVPConfig(**{**base, **kw})
 
 
+def _conv2d_map(p: CrossChannelPredictor, x: torch.Tensor) -> torch.Tensor:
+    """The stage-1 2-D map after Conv2d+BN+ReLU, before the adaptive pooling."""
+    h = p.conv3d(x.unsqueeze(1))
+    n, c, b, hh, ww = h.shape
+    return p.conv2d[:-1](h.reshape(n, c * b, hh, ww))
+
+
 def test_predictor_shapes():
     p = CrossChannelPredictor(15, 15, 9, view_dim=16)
     v, pred = p(torch.randn(4, 15, 9, 9))
     assert v.shape == (4, 16) and pred.shape == (4, 15 * 81)
     with pytest.raises(ValueError, match="13 input bands"):
         CrossChannelPredictor(12, 18, 9)
+
+
+def test_predictor_default_is_card_unpadded_conv2d():  # card §c: Conv2d 3x3 unpadded, w >= 9
+    p = CrossChannelPredictor(15, 15, 9, view_dim=16)
+    assert p.conv2d[0].padding == (0, 0)
+    x = torch.randn(4, 15, 9, 9)
+    assert _conv2d_map(p, x).shape == (4, 64, 1, 1)  # 9 - 6 - 2 = 1
+    v, pred = p(x)
+    assert v.shape == (4, 16) and pred.shape == (4, 15 * 81)
+    with pytest.raises(ValueError, match="patch_size must be >= 9"):
+        CrossChannelPredictor(15, 15, 7)
+
+
+def test_predictor_padding_one_restores_previous_layout():
+    p = CrossChannelPredictor(15, 15, 9, view_dim=16, conv2d_padding=1)
+    x = torch.randn(4, 15, 9, 9)
+    assert _conv2d_map(p, x).shape == (4, 64, 3, 3)
+    p7 = CrossChannelPredictor(15, 15, 7, view_dim=16, conv2d_padding=1)
+    v, pred = p7(torch.randn(2, 15, 7, 7))
+    assert _conv2d_map(p7, torch.randn(2, 15, 7, 7)).shape == (2, 64, 1, 1)
+    assert v.shape == (2, 16) and pred.shape == (2, 15 * 49)
+    m = CVP(small_cfg(patch_size=7, predictor_conv2d_padding=1))
+    assert m.p12.conv2d[0].padding == (1, 1) and m.p21.conv2d[0].padding == (1, 1)
+
+
+def test_config_refuses_w7_unpadded():
+    with pytest.raises(ValueError, match="method.patch_size=7.*method.predictor_conv2d_padding") as e:
+        CVP(small_cfg(patch_size=7))
+    assert "predictor_conv2d_padding=1" in str(e.value) and ">= 9" in str(e.value)
+    with pytest.raises(ValueError, match="predictor_conv2d_padding"):
+        CVP(small_cfg(predictor_conv2d_padding=2))
+    CVP(small_cfg(patch_size=9))  # card default accepted
+
+
+def _linear_dims(seq) -> list[int]:
+    lins = [m for m in seq if isinstance(m, torch.nn.Linear)]
+    return [lins[0].in_features] + [m.out_features for m in lins]
+
+
+def test_small_scale_decoder_is_k_256_d():  # card §g: D = K -> 256 -> d
+    cfg = CVPConfig(n_bands=30, **{k.split(".", 1)[1]: v for k, v in SMALL_SCALE.items()})
+    m = CVP(cfg)
+    for dec in (m.contrastive.dec1, m.contrastive.dec2):
+        assert _linear_dims(dec) == [32, 256, 64]
+        assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in dec) == 2  # BN+ReLU after each linear, last included
+    assert _linear_dims(m.contrastive.enc1.body) + [32] == [64, 256, 256, 32]
+
+
+def test_default_decoder_mirrors_encoder():  # card §b full scale: D mirrors E
+    assert CVPConfig().decoder_hidden == ""
+    m = CVP(small_cfg(encoder_hidden="32,48"))
+    assert _linear_dims(m.contrastive.dec1) == [8, 48, 32, 16]
+    net = ContrastiveNet(128, [1024, 1024, 1024], 128, [128])
+    assert _linear_dims(net.dec2) == [128, 1024, 1024, 1024, 128]
+    assert isinstance(net.dec2[-1], torch.nn.ReLU) and isinstance(net.dec2[-2], torch.nn.BatchNorm1d)
 
 
 @pytest.mark.parametrize("kind,width", [("views", 32), ("hidden", 64), ("logits", 16), ("softmax", 16)])

@@ -248,6 +248,7 @@ def test_queue_state_survives_state_dict_round_trip():
 def test_evaluate_matches_clip_metrics_and_logs_probe_and_grid():
     meta = {"zero_shot": {
         "colour_shape": {"classnames": ["ring", "box", "star"], "templates": ["a photo of a {}.", "a {}."], "label_field": "label"},
+        "six": {"classnames": ["ring", "box", "star", "red", "blue", "dot"], "templates": ["a {}."], "label_field": "label"},
     }}
     torch.manual_seed(0)
     cfg = small_cfg(retrieval_examples=3)
@@ -273,6 +274,13 @@ def test_evaluate_matches_clip_metrics_and_logs_probe_and_grid():
     assert {k: metrics[k] for k in reference} == reference  # CLIP's protocol, exactly
     assert {"zeroshot_colour_shape_top1", "t2i_r1", "i2t_r10", "linear_probe_top1"} <= set(metrics)
     assert 0.0 <= metrics["linear_probe_top1"] <= 1.0
+    # card f: top-5 as well, where a task has more than 5 classes
+    n_classes = {task: len(spec["classnames"]) for task, spec in meta["zero_shot"].items()}
+    for task, n in n_classes.items():
+        assert (f"zeroshot_{task}_top5" in metrics) == (n > 5), (task, n)
+        if n > 5:
+            assert metrics[f"zeroshot_{task}_top1"] <= metrics[f"zeroshot_{task}_top5"] <= 1.0
+    assert any(n > 5 for n in n_classes.values())
     (tag, imgs), = calls["images"]
     assert imgs.shape == (3, SIZE, SIZE, 3) and imgs.dtype == np.uint8
     (ttag, text), = calls["text"]

@@ -81,3 +81,78 @@ def test_run_local_trains_and_evaluates(tmp_path, monkeypatch):
         assert 0.0 <= last[key] <= 1.0
     assert r.method.queue.ptr.item() == (4 * 2 * 16) % 64
     assert any(p.name.startswith("events") for p in (tmp_path / "tb").rglob("*"))
+
+
+# card f: retrieval video feature = mean over clips of L2-normalised pooled clip features; probe = raw mean
+def _fixed_feature_method(per_clip: torch.Tensor, **kw) -> FAME:
+    """A tiny FAME whose backbone returns `per_clip` (B * n, D) whatever the input, recording the input."""
+    method = FAME(FAMEConfig(embed_dim=8, colour_aug=False, clip_len=4, crop_size=16, **kw))
+    method.seen_inputs = []
+
+    def features(x):
+        method.seen_inputs.append(x.clone())
+        return per_clip
+
+    method.encoder_q.features = features
+    return method
+
+
+def test_retrieval_features_normalise_each_clip_before_the_mean():
+    # video 0: clip a points along e0 with norm 1000, clip b along e1 with norm 1; video 1: the reverse norms
+    per_clip = torch.tensor([[1000.0, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1000, 0]])
+    clips = torch.zeros(2, 2, 3, 4, 16, 16, dtype=torch.uint8)
+    method = _fixed_feature_method(per_clip)
+    retr = method.clip_features(clips, retrieval=True)
+    torch.testing.assert_close(retr, torch.tensor([[0.5, 0.5, 0], [0.5, 0.5, 0]]))  # both clips weigh equally
+    probe = method.clip_features(clips)  # the probe keeps the raw mean (= averaged linear logits)
+    torch.testing.assert_close(probe, torch.tensor([[500.0, 0.5, 0], [0.5, 500, 0]]))
+    # raw means would make the two videos near-orthogonal; normalised ones make them identical
+    assert torch.nn.functional.cosine_similarity(probe[0], probe[1], dim=0) < 0.01
+    both = method.eval_features(clips)  # [probe | retrieval] from one forward
+    torch.testing.assert_close(both, torch.cat([probe, retr], dim=1))
+    assert len(method.seen_inputs) == 3
+
+
+def test_retrieval_imagenet_norm_option():
+    from contrastlab.methods.fame.augment import IMAGENET_MEAN, IMAGENET_STD, VIDEO_MEAN, VIDEO_STD
+
+    clips = torch.full((1, 1, 3, 4, 16, 16), 128, dtype=torch.uint8)
+    for flag, (mean, std) in ((False, (VIDEO_MEAN, VIDEO_STD)), (True, (IMAGENET_MEAN, IMAGENET_STD))):
+        method = _fixed_feature_method(torch.ones(1, 3), retrieval_imagenet_norm=flag)
+        method.eval_features(clips)
+        retr_input = method.seen_inputs[-1][0, :, 0, 0, 0]
+        torch.testing.assert_close(retr_input, (128 / 255 - torch.tensor(mean)) / torch.tensor(std))
+        probe_input = method.seen_inputs[0][0, :, 0, 0, 0]  # the probe always sees the training statistics
+        torch.testing.assert_close(probe_input, (128 / 255 - torch.tensor(VIDEO_MEAN)) / torch.tensor(VIDEO_STD))
+        assert len(method.seen_inputs) == (2 if flag else 1)
+
+
+def test_evaluate_feeds_normalised_clip_means_to_retrieval_and_raw_means_to_probe(monkeypatch):
+    import contrastlab.methods.fame.method as fame_method
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(0)
+    per_clip = torch.randn(8, 3, generator=g) * torch.tensor([1.0, 100.0] * 4)[:, None]  # 4 videos x 2 clips, wild norms
+    method = _fixed_feature_method(per_clip, probe_bg=False)
+    import contrastlab.platform.eval as platform_eval
+
+    seen = {"probe": []}
+
+    def recall(q, ql, gal, gl, ks):
+        seen["retrieval"] = (q, gal)
+        return {f"r{k}": 0.0 for k in ks}
+
+    def probe(xtr, ytr, xte, yte, **kw):
+        seen["probe"].append((xtr, xte))
+        return {"accuracy": 0.0}
+
+    monkeypatch.setattr(fame_method, "class_retrieval_recall", recall)
+    monkeypatch.setattr(platform_eval, "linear_probe", probe)
+    batch = {"clips": torch.zeros(4, 2, 3, 4, 16, 16, dtype=torch.uint8), "index": torch.arange(4), "label": torch.tensor([0, 1, 0, 1])}
+    ctx = SimpleNamespace(datasets={"train_eval": lambda: iter([batch])}, exp=None)
+    method.evaluate(lambda: iter([batch]), ctx)
+    v = per_clip.view(4, 2, 3)
+    expected_retr = torch.nn.functional.normalize(v, dim=-1).mean(1).numpy()
+    np.testing.assert_allclose(seen["retrieval"][0], expected_retr, rtol=1e-6)
+    np.testing.assert_allclose(seen["retrieval"][1], expected_retr, rtol=1e-6)
+    np.testing.assert_allclose(seen["probe"][0][0], v.mean(1).numpy(), rtol=1e-6)  # the class probe: raw clip means

@@ -4,6 +4,7 @@ import copy
 import math
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -47,7 +48,8 @@ class FakeCtx:
 
 
 def tiny_method(**kw):
-    cfg = FAMEConfig(queue_size=64, embed_dim=16, colour_aug=False, clip_len=4, crop_size=16, **kw)
+    kw = {"queue_size": 64, **kw}
+    cfg = FAMEConfig(embed_dim=16, colour_aug=False, clip_len=4, crop_size=16, **kw)
     torch.manual_seed(0)
     return FAME(cfg)
 
@@ -197,3 +199,86 @@ def test_image_strip_logged_every_epoch():
     # the middle third is the binary mask: only 0 and 255, and floor(0.5 * 16 * 16) white pixels per clip
     mask = img[:, :, 16:32, 0]
     assert set(np.unique(mask)) <= {0, 255} and ((mask == 255).sum(axis=(1, 2)) == 128).all()
+
+
+# card b: both terms enqueue; official order = term 1 enqueues before term 2 forms its logits
+def _record_queues(monkeypatch):
+    """Spy on the queue snapshot each symmetric term is scored against."""
+    import contrastlab.methods.fame.method as fame_method
+
+    seen = []
+    real = fame_method.moco_loss
+
+    def spy(q, k, queue, temperature):
+        seen.append(queue.detach().clone())
+        return real(q, k, queue, temperature)
+
+    monkeypatch.setattr(fame_method, "moco_loss", spy)
+    return seen
+
+
+def _keys_of(method, batch):
+    enc_k = copy.deepcopy(method.encoder_k)
+    with torch.no_grad():  # shuffle_bn="off", use_fame=False: term 1 keys f_k(x_k), term 2 keys f_k(x_q)
+        return enc_k(normalize_clips(batch["clip_k"].float() / 255)), enc_k(normalize_clips(batch["clip_q"].float() / 255))
+
+
+def test_default_enqueue_order_is_official():
+    assert FAMEConfig().enqueue_order == "per_term"
+
+
+@pytest.mark.parametrize("other_worker", [False, True])
+@pytest.mark.parametrize("order", ["per_term", "after_both"])
+def test_term2_negatives_hold_term1_keys_only_in_official_order(monkeypatch, order, other_worker):
+    seen = _record_queues(monkeypatch)
+    method = tiny_method(use_fame=False, shuffle_bn="off", enqueue_order=order)
+    ctx = FakeCtx(method, other_worker=other_worker)
+    batch = tiny_batch(8)
+    k1, k2 = _keys_of(method, batch)
+    queue0 = method.queue.queue.clone()
+    method.train_step(batch, ctx)
+    assert len(seen) == 2 and len(ctx.gathered) == 2  # one gather (no grad) per term
+    term1, term2 = seen[0].T, seen[1].T  # (K, D) rows = queue columns
+    torch.testing.assert_close(term1, queue0.T)  # term 1 always sees the queue as the step found it
+    g1 = torch.cat([k1, -k1]) if other_worker else k1  # the all-gathered term-1 keys (rank 1 sends -k)
+    n = g1.shape[0]
+    if order == "per_term":
+        torch.testing.assert_close(term2[:n], g1, atol=1e-5, rtol=1e-5)  # every worker's term-1 keys are negatives
+        torch.testing.assert_close(term2[n:], queue0.T[n:])
+        # ...including the key of the query's own clip: q2 = f_q(x_k) meets k1 = f_k(x_k) as a negative
+        assert ((term2 @ k1.T).diagonal()[:8] > 0.999).all()
+    else:
+        torch.testing.assert_close(term2, queue0.T)  # the same snapshot: no term-1 key among term 2's negatives
+        assert not (term2 @ k1.T > 0.999).any()
+    # both orders end the step with the same queue: [k1 of all workers, k2 of all workers], pointer +2 B_global
+    g2 = torch.cat([k2, -k2]) if other_worker else k2
+    q = method.queue.queue.T
+    assert method.queue.ptr.item() == 2 * n
+    torch.testing.assert_close(q[:n], g1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(q[n:2 * n], g2, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["per_term", "after_both"])
+def test_enqueue_orders_wrap_the_pointer_alike(monkeypatch, order):
+    """K = 24 is not a multiple of the global batch 16: the second push wraps to the front (ptr 32 % 24 = 8)."""
+    seen = _record_queues(monkeypatch)
+    method = tiny_method(use_fame=False, shuffle_bn="off", enqueue_order=order, queue_size=24)
+    ctx = FakeCtx(method, other_worker=True)
+    batch = tiny_batch(8)
+    k1, k2 = _keys_of(method, batch)
+    queue0 = method.queue.queue.clone()
+    method.train_step(batch, ctx)
+    g1, g2 = torch.cat([k1, -k1]), torch.cat([k2, -k2])
+    assert method.queue.ptr.item() == 32 % 24
+    q = method.queue.queue.T
+    torch.testing.assert_close(q[:8], g2[8:], atol=1e-5, rtol=1e-5)  # wrapped tail of the term-2 push
+    torch.testing.assert_close(q[8:16], g1[8:], atol=1e-5, rtol=1e-5)  # survivors of the term-1 push
+    torch.testing.assert_close(q[16:24], g2[:8], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(method.queue.queue.norm(dim=0), torch.ones(24))
+    expected_term2 = torch.cat([g1, queue0.T[16:]]) if order == "per_term" else queue0.T
+    torch.testing.assert_close(seen[1].T, expected_term2, atol=1e-5, rtol=1e-5)
+
+
+def test_enqueue_order_validated():
+    with pytest.raises(ValueError, match="method.enqueue_order"):
+        FAMEConfig(enqueue_order="official").validate()

@@ -274,3 +274,95 @@ def test_run_local_trains_and_evaluates(tmp_path, monkeypatch):
     assert IFND.eval_metric in last and last["knn_top1"] > 0.3  # chance 0.1
     assert last["acceptance_rate"] == 1.0 and last["fn_precision"] > 0.1 and "linear_probe" in last
     assert r.history[0]["acceptance_rate"] == 0.5  # e_w = round(0.2 * 2) = 0: the first epoch clusters at 1/2
+
+
+# card c: ShuffleBN (or SyncBN) in the key encoder of the queue variant (shared helper with FAME)
+def _split_keys_reference(enc, x, seed, splits):
+    """Keys as the split shuffle-BN defines them: permutation from the global RNG after manual_seed(seed),
+    each sub-batch through the key encoder alone (its own BN statistics), rows put back in place."""
+    torch.manual_seed(seed)
+    perm = torch.randperm(x.shape[0])
+    out = torch.empty(x.shape[0], enc(x[:2]).shape[1])
+    with torch.no_grad():
+        for chunk in perm.chunk(splits):
+            out[chunk] = enc(x[chunk])
+    return out, perm.chunk(splits)
+
+
+def test_queue_key_encoder_uses_split_shuffle_bn_by_default():
+    assert IFNDConfig().shuffle_bn == "auto"  # auto = split on one worker, cross-worker shuffle under DDP
+    torch.manual_seed(0)
+    m = IFND(IFNDConfig(variant="queue", strategy="none", queue_size=16, bn_splits=2)).train()  # train mode: batch statistics
+    images, index, _ = _data(n=8)
+    batch = _batch(images, index)
+    ctx = FakeCtx(images, index)
+    torch.manual_seed(5)
+    m.train_step(batch, ctx)
+    enc = m.momentum_encoder.encoder
+    expected, _ = _split_keys_reference(enc, batch["view2"], 5, 2)
+    torch.testing.assert_close(m.queue.keys[:8], expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        whole = enc(batch["view2"])  # one BN over the whole batch: what the key encoder used to do
+    assert (m.queue.keys[:8] - whole).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("mode", ["split", "off"])
+def test_split_keys_do_not_see_the_other_sub_batch(mode):
+    """With "split" a key's BN statistics come only from its own random sub-batch: changing the images of
+    the other sub-batch leaves it unchanged. With "off" (one BN over the batch) every key moves."""
+    torch.manual_seed(0)
+    m = IFND(IFNDConfig(variant="queue", strategy="none", queue_size=16, shuffle_bn=mode, bn_splits=2)).train()
+    ctx = FakeCtx(*_data(n=8)[:2])
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    _, (mine, other) = _split_keys_reference(m.momentum_encoder.encoder, x, 3, 2)
+    x2 = x.clone()
+    x2[other] = torch.rand(len(other), 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 3
+    torch.manual_seed(3)
+    k = m.keys(x, ctx)
+    torch.manual_seed(3)
+    k2 = m.keys(x2, ctx)
+    assert not k.requires_grad and torch.allclose(k.norm(dim=1), torch.ones(8), atol=1e-5)
+    if mode == "split":
+        torch.testing.assert_close(k2[mine], k[mine])
+    else:
+        assert (k2[mine] - k[mine]).abs().max() > 1e-3
+
+
+def test_shuffle_bn_config_validation():
+    with pytest.raises(ValueError, match="method.shuffle_bn"):
+        IFNDConfig(shuffle_bn="sync").validate()
+
+
+# card c/g: encoder-dependent head and channel presets; ResNet-50 needs 3 input channels
+def test_encoder_presets():
+    small, r50 = IFNDConfig(), IFNDConfig(encoder="resnet50")
+    assert (small.channels(), small.dims()) == (1, (128, 64))
+    assert (r50.channels(), r50.dims()) == (3, (2048, 128))
+    assert IFNDConfig(encoder="resnet50", hidden_dim=512, proj_dim=32).dims() == (512, 32)  # explicit values win
+    assert IFNDConfig(in_channels=3).channels() == 3
+    torch.manual_seed(0)
+    m = IFND(IFNDConfig(encoder="resnet50", variant="queue", queue_size=8)).eval()
+    head = [l for l in m.encoder.head if isinstance(l, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in head] == [(2048, 2048), (2048, 128)]
+    assert m.queue.keys.shape == (8, 128) and m.encoder.backbone.conv1.in_channels == 3
+    # grey data reaches ResNet-50 as 3 equal channels (the loader repeats the grey channel)
+    grey = np.random.default_rng(1).integers(0, 256, (16, 16), dtype=np.uint8)
+    efn, _ = make_sample_fn(m.cfg, "eval", {"image_format": "png"})
+    img = efn({"png": grey, "json": {"label": 1}}, np.random.default_rng(0))["image"]
+    assert img.shape == (3, 16, 16) and all(np.array_equal(img[c], grey) for c in range(3))
+    tfn, _ = make_sample_fn(m.cfg, "train", {"image_format": "png"})
+    views = tfn({"png": grey}, np.random.default_rng(0))
+    assert views["view1"].shape == (3, 16, 16)
+    with torch.no_grad():
+        z = m.encoder(torch.from_numpy(np.stack([views["view1"], views["view2"]])).float())
+    assert z.shape == (2, 128)
+    assert IFND(IFNDConfig()).encoder.backbone.body[0].in_channels == 1  # the small CNN keeps grey input
+
+
+def test_resnet50_with_one_channel_is_rejected_by_name():
+    with pytest.raises(ValueError, match=r"resnet50 needs method.in_channels=3"):
+        IFNDConfig(encoder="resnet50", in_channels=1).validate()
+    with pytest.raises(ValueError, match="method.in_channels"):
+        IFNDConfig(in_channels=2).validate()
+    with pytest.raises(ValueError, match="method.hidden_dim"):
+        IFNDConfig(proj_dim=-1).validate()

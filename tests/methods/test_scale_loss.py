@@ -12,7 +12,7 @@ from contrastlab.methods.scale.loss import (
     PAIRS, clr_loss, cosine_matrix, mean_off_diagonal, modality_graph, pair_logits, self_weights, weighted_masked_ce,
     weighted_masked_mse, weighted_nt_xent,
 )
-from contrastlab.methods.scale.metrics import average_precision_at_k, retrieval_map
+from contrastlab.methods.scale.metrics import average_precision, average_precision_at_k, retrieval_map
 
 torch.set_num_threads(1)
 M = 5
@@ -202,24 +202,51 @@ def test_mean_off_diagonal():
 
 
 def test_average_precision_card_example():
-    # ranked [a, d, b, c], positives {b, c}
-    assert average_precision_at_k([False, False, True, True], 4, 2) == pytest.approx(0.416667, abs=1e-6)
-    assert average_precision_at_k([False, False, True, True], 4, 2) == pytest.approx((1 / 3 + 2 / 4) / 2, abs=1e-12)
-    # k_eff = min(k, |pos|): one hit in the top 2 with 5 positives -> (1/2) / 2
-    assert average_precision_at_k([False, True, True], 2, 5) == pytest.approx(0.25)
+    # card h.9: ranked [a, d, b, c], positives {b, c}: the sum of precision at hits / #hits
+    assert average_precision([False, False, True, True]) == pytest.approx(0.416667, abs=1e-6)
+    assert average_precision([False, False, True, True]) == pytest.approx((1 / 3 + 2 / 4) / 2, abs=1e-12)
+    assert average_precision([False, False]) == 0.0
+    # the min(k, |pos|) reading divides the same sum by k_eff = min(4, 2) = 2: equal here
+    assert average_precision_at_k([False, False, True, True], 4, 2, "min_k_pos") == pytest.approx(0.416667, abs=1e-6)
+    # official: the list is cut at k_eff = min(k, |pos|, |list|) = 2 first, and neither of those is a hit
+    assert average_precision_at_k([False, False, True, True], 4, 2) == 0.0
+
+
+def test_average_precision_at_k_official_divides_by_hits_in_the_cut_list():
+    # [F, T, T], k = 2, 5 positives: cut at 2 -> one hit at rank 2 -> (1/2) / 1
+    assert average_precision_at_k([False, True, True], 2, 5) == pytest.approx(0.5)
+    assert average_precision_at_k([False, True, True], 2, 5, "min_k_pos") == pytest.approx(0.25)
+    # hits at ranks 1 and 3 of 10, many positives: (1 + 2/3) / 2
+    ranked = [True, False, True] + [False] * 7
+    assert average_precision_at_k(ranked, 10, 50) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision_at_k(ranked, 10, 50, "min_k_pos") == pytest.approx((1 + 2 / 3) / 10)
+    # 3 positives, hits at ranks 5 and 8 of 10: the cut list (top 3) holds none
+    ranked = [False] * 4 + [True, False, False, True, False, False]
+    assert average_precision_at_k(ranked, 10, 3) == 0.0
+    assert average_precision_at_k(ranked, 10, 3, "min_k_pos") == pytest.approx((1 / 5 + 2 / 8) / 3)
+    assert np.isnan(average_precision_at_k([], 10, 3))
+    with pytest.raises(ValueError, match="min_k_pos"):
+        average_precision_at_k([True], 1, 1, "bogus")
 
 
 def test_retrieval_map_leave_one_out():
-    # 1-d features; query 0 (label 0) ranks 3 (0.9, label 1), 1 (0.8, label 0), 2 (0.1, label 0)
+    # 1-d features; every item queries the other three by dot product
     x = np.array([[1.0], [0.8], [0.1], [0.9]])
     y = np.array([0, 0, 0, 1])
+    # q0: gallery scores 0.8, 0.1, 0.9 -> ranked [3, 1, 2] rel [F, T, T]
+    # q1: scores 0.8, 0.08, 0.72 -> ranked [0, 3, 2] rel [T, F, T]
+    # q2: scores 0.1, 0.08, 0.09 -> ranked [0, 3, 1] rel [T, F, T]
+    # q3 has no positive: left out. Each of q0-q2 has 2 positives, so k = 3 is cut at k_eff = 2.
     out = retrieval_map(x, y, ks=(1, 3))
-    # per query AP@3: q0 [1(lbl1)? ...] computed by hand below
-    # q0: gallery scores 0.8, 0.1, 0.9 -> ranked [3, 1, 2] rel [F, T, T] -> (1/2 + 2/3)/2
-    # q1: scores 0.8, 0.08, 0.72 -> ranked [0, 3, 2] rel [T, F, T] -> (1 + 2/3)/2
-    # q2: scores 0.1, 0.08, 0.09 -> ranked [0, 3, 1] rel [T, F, T] -> (1 + 2/3)/2
-    # q3 has no positive: left out
-    expected = ((1 / 2 + 2 / 3) / 2 + 2 * (1 + 2 / 3) / 2) / 3
-    assert out["map_at_3"] == pytest.approx(expected)
-    assert out["prec_at_1"] == pytest.approx(2 / 3)
+    assert out["map_at_3"] == pytest.approx((1 / 2 + 1 + 1) / 3)  # q0: one hit at rank 2 -> (1/2)/1
+    assert out["prec_at_3"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 2) / 3)  # one hit in each cut list of 2
+    assert out["map_at_1"] == out["prec_at_1"] == pytest.approx(2 / 3)
     assert out["hit_at_3"] == pytest.approx(1.0)
+    assert out["map_avg"] == pytest.approx((out["map_at_1"] + out["map_at_3"]) / 2)
+    # the min(k, |pos|) reading scans the top 3 and divides by 2
+    old = retrieval_map(x, y, ks=(1, 3), formula="min_k_pos")
+    assert old["map_at_3"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 2 * (1 + 2 / 3) / 2) / 3)
+    assert old["prec_at_3"] == pytest.approx(2 / 3)
+    assert old["prec_at_1"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="official"):
+        retrieval_map(x, y, formula="bogus")

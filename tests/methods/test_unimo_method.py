@@ -216,3 +216,68 @@ def test_separate_pair_text_image_sources_mix_by_weight(tmp_path, monkeypatch):
     share = np.sum(counts, axis=0) / np.sum(counts)
     assert np.allclose(share, [0.5, 0.25, 0.25], atol=0.08), share
     assert np.isfinite(r.history[-1]["train_loss_mlm_text"]) and np.isfinite(r.history[-1]["train_loss_mrm_image"])
+
+
+@pytest.mark.parametrize("variant", ["card", "unimo2"])
+def test_batch_without_pair_rows_gives_a_zero_cmcl_that_still_backprops(variant):
+    """A rank whose batch has no image-text pair must still run the CMCL term (its gather is a
+    collective): the term is 0, and it is connected to the graph through the pooled heads."""
+    cfg = tiny_cfg(cmcl_variant=variant)
+    torch.manual_seed(0)
+    method = UNIMO(cfg)
+    samples = [s for s in _fake_samples(cfg) if s["json"]["stream"] != 0]  # text-only and image-only rows
+    b = _batch(cfg, samples, unimo_train_sample_fn(cfg, {}))
+    assert not (b["stream"] == 0).any()
+    calls = []
+
+    class Ctx(FakeCtx):
+        def gather(self, x, grad=True):
+            calls.append(tuple(x.shape))
+            return x
+
+    ctx = Ctx(method, 0.0)
+    cmcl = method.cmcl_term(b, b["stream"] == 0, ctx)
+    assert cmcl.item() == 0.0 and cmcl.requires_grad
+    if variant == "card":  # the in-batch gathers run as on a rank with pairs: text, image, row mask
+        assert calls == [(len(samples), method.model.hidden)] * 2 + [(len(samples),)]
+    cmcl.backward()
+    for head in (method.model.pool_text, method.model.pool_image):
+        for p in head.parameters():
+            assert p.grad is not None and (p.grad == 0).all()
+    method.zero_grad(set_to_none=True)
+    total, logs = method.compute_losses(b, ctx)
+    assert logs["loss_cmcl"] == 0.0
+    total.backward()
+    assert method.model.pool_text[0].weight.grad is not None and method.model.pool_image[0].weight.grad is not None
+
+
+def test_unimo2_variant_uses_the_pair_rows_only():
+    """The unimo2 loss of a mixed batch is UNIMO-2's loss on the pair rows alone: text-only and
+    image-only rows are neither extra (zero-vector) negatives nor counted in the mean."""
+    cfg = tiny_cfg(cmcl_variant="unimo2")
+    torch.manual_seed(0)
+    method = UNIMO(cfg).eval()
+    b = _batch(cfg, _fake_samples(cfg, 9), unimo_train_sample_fn(cfg, {}))
+    rows = (b["stream"] == 0).nonzero().squeeze(1)
+    assert 0 < len(rows) < len(b["stream"])
+    from contrastlab.methods.unimo.loss import unimo2_inbatch_loss
+
+    with torch.no_grad():
+        got = method.cmcl_term(b, b["stream"] == 0, FakeCtx(method, 0.0))
+        img = method.model.embed_image(b["image"][rows])
+        txt = method.model.embed_text(b["text"][rows])
+        want = unimo2_inbatch_loss(img, txt, method.tau(), None, cfg.unimo2_normalize_text)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_lr_schedule_is_linear_decay_by_default_and_cosine_selectable():
+    from contrastlab.platform.train import lr_factor
+
+    spec = UNIMO(tiny_cfg()).optimizers()["main"]
+    assert (spec.schedule, spec.poly_power, spec.warmup_fraction) == ("poly", 1.0, 0.05)  # card e
+    total, warm = 200, 10
+    for step in (warm, 60, 105, 150, total):
+        assert lr_factor(step, total, spec) == pytest.approx(1 - (step - warm) / (total - warm))
+    assert UNIMO(tiny_cfg(lr_schedule="cosine")).optimizers()["main"].schedule == "cosine"
+    with pytest.raises(ValueError, match="lr_schedule"):
+        tiny_cfg(lr_schedule="step").validate()

@@ -29,6 +29,11 @@ Deviations, all config options: the default is the card's small-scale version (s
 Fashion-MNIST at 32 px, grey, weak warp, the small view recipe; with Y < B the codes are drawn
 with replacement (the official code silently uses cluster 0 for the surplus rows); D's BN running
 statistics (used by eval-mode assignment) follow the real-image batches only (`bn_stats`, see there).
+
+Not computed: FID and IS (card e, f: "report NMI and FID alongside"). Both need Inception-v3 weights
+trained on ImageNet, which nothing here may download, and a randomly initialised Inception would give
+numbers comparable with nothing. Generation quality is watched through the collapse diagnostic above
+and the per-cluster sample grids instead.
 """
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ def collect_eval_features(eval_batches: Callable[[], Iterable[dict]], encode_ima
 
 
 def evaluate_image_text(eval_batches, encode_image, encode_text, tokenizer, meta: dict, device) -> dict[str, float]:
-    """Zero-shot top-1 per task in `meta["zero_shot"]` (prompt-ensemble averaged) and retrieval R@1/5/10."""
+    """Zero-shot top-1 per task in `meta["zero_shot"]` (prompt-ensemble averaged; top-5 too for tasks of
+    more than 5 classes, where it is not trivially 1) and retrieval R@1/5/10."""
     tasks = meta.get("zero_shot", {})
     label_fields = [t["label_field"] for t in tasks.values()]
     feats = collect_eval_features(eval_batches, encode_image, encode_text, label_fields)
@@ -45,8 +46,9 @@ def evaluate_image_text(eval_batches, encode_image, encode_text, tokenizer, meta
         labels = feats[spec["label_field"]]
         keep = labels >= 0
         if keep.any():
-            top = zero_shot_topk(image[keep], class_feats, labels[keep], ks=(1,))
-            metrics[f"zeroshot_{task}_top1"] = top["top1"]
+            ks = (1, 5) if len(names) > 5 else (1,)
+            top = zero_shot_topk(image[keep], class_feats, labels[keep], ks=ks)
+            metrics.update({f"zeroshot_{task}_top{k}": top[f"top{k}"] for k in ks})
     recall = retrieval_recall(feats["image"], feats["text"], np.arange(len(feats["image"])), ks=(1, 5, 10))
     metrics.update({k: float(v) for k, v in recall.items()})
     return metrics

@@ -16,6 +16,9 @@ class CVPConfig:
     # data / views
     n_bands: int = 200  # bands in the shards (usgs-cube default); must match the data's meta["bands"]
     patch_size: int = 9  # w; centre crop of the stored patches (stored patch must be >= w) [R]
+    # Padding of the stage-1 3x3 Conv2d. 0 = the card's layout (§c: unpadded, (w-8)x(w-8) map, needs w >= 9);
+    # 1 = the previous padded layout of this code ((w-6)x(w-6) map, w >= 7), still available.
+    predictor_conv2d_padding: int = 0
     split_scheme: str = "halves"  # [R] halves | interleave | blocks4 | random
     split_seed: int = 0  # seed of the `random` partition
     # stage 1: cross-channel predictors [R: ContrastNet's AE budget]
@@ -33,6 +36,9 @@ class CVPConfig:
     pre_start_epoch: int = 100  # dual prediction from this stage-2 epoch on
     encoder_hidden: str = "1024,1024,1024"  # E: d -> these -> K
     predictor_hidden: str = "128,256,128,256,128"  # Q: K -> these -> K
+    # D: K -> these -> d; "" = mirror of the encoder (K -> reversed(encoder_hidden) -> d), the card's
+    # full-scale COMPLETER decoder (§b); SMALL_SCALE sets "256" (§g: D = K -> 256 -> d)
+    decoder_hidden: str = ""
     zscore_views: bool = True  # [R §g] views z-scored (training-pixel stats) before stage 2
     # stage 3: SVM on frozen features
     features: str = "hidden"  # [R] hidden (penultimate) | logits | softmax | views ([v1; v2], stage 1 only)
@@ -51,8 +57,18 @@ class CVPConfig:
             raise ValueError(f"method.features must be one of {FEATURES}, got {self.features!r}")
         if self.svm not in SVM_MODES:
             raise ValueError(f"method.svm must be one of {SVM_MODES}, got {self.svm!r}")
-        if self.patch_size < 7 or self.patch_size % 2 == 0:
-            raise ValueError(f"method.patch_size must be odd and >= 7 (the predictor's 3-D convolutions), got {self.patch_size}")
+        if self.predictor_conv2d_padding not in (0, 1):
+            raise ValueError(f"method.predictor_conv2d_padding must be 0 (card layout) or 1 (previous padded layout), "
+                             f"got {self.predictor_conv2d_padding}")
+        if self.patch_size % 2 == 0:
+            raise ValueError(f"method.patch_size must be odd (centre pixel), got {self.patch_size}")
+        # the 3-D convs take w -> w-6, the 3x3 Conv2d -> w - 8 + 2*padding; at least a 1x1 map must remain
+        min_w = 9 - 2 * self.predictor_conv2d_padding
+        if self.patch_size < min_w:
+            raise ValueError(f"method.patch_size={self.patch_size} is too small for method.predictor_conv2d_padding="
+                             f"{self.predictor_conv2d_padding}: the stage-1 predictor needs patch_size >= {min_w} "
+                             f"(>= 9 with the card's unpadded Conv2d, >= 7 with padding 1); raise method.patch_size "
+                             f"or set method.predictor_conv2d_padding=1")
         if self.n_bands < 26:
             raise ValueError(f"method.n_bands must be >= 26 (each band group needs >= 13 bands), got {self.n_bands}")
         if self.predict_epochs < 1 or self.contrast_epochs < 0:
@@ -65,10 +81,11 @@ class CVPConfig:
             raise ValueError("method.contrast_epochs=0 trains no stage 2: use method.features=views")
 
 
-# Card §g: the small-scale faithful version (d=64, K=32, E d->256->256->K, Q K->64->K, stage 2 lr 1e-3,
-# 100 stage-2 epochs with dual prediction from 30, stage 1 10 epochs, linear SVM C=10).
+# Card §g: the small-scale faithful version (d=64, K=32, E d->256->256->K, D K->256->d, Q K->64->K, stage 2
+# lr 1e-3, 100 stage-2 epochs with dual prediction from 30, stage 1 10 epochs, linear SVM C=10).
 SMALL_SCALE = {
-    "method.view_dim": 64, "method.clusters": 32, "method.encoder_hidden": "256,256", "method.predictor_hidden": "64",
+    "method.view_dim": 64, "method.clusters": 32, "method.encoder_hidden": "256,256", "method.decoder_hidden": "256",
+    "method.predictor_hidden": "64",
     "method.predict_epochs": 10, "method.contrast_epochs": 100, "method.contrast_lr": 1e-3, "method.pre_start_epoch": 30,
     "method.svm": "linear-fixed", "method.svm_c": 10.0,
 }

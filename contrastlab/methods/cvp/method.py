@@ -15,6 +15,9 @@ Two phases (method.phases()), then an SVM in evaluate():
   evaluate:  features (hidden | logits | softmax | views) of the eval split -> SVM fitted on the
              training draw (the shards' json `split`, or fresh per-class draws) -> OA, AA, kappa; in
              stage 2 also the stage-1-only ablation (views_oa ...); a classification map image.
+
+Deviation from the card: stage 1 runs at train.batch_size (default 256) like stage 2, not the card's 128
+(§e, §g), because the platform has no per-phase batch size (see train_defaults).
 """
 from __future__ import annotations
 
@@ -69,6 +72,10 @@ class CVP(nn.Module):
     eval_mode = "max"
     needs_train_features = True  # stage 2 extracts the frozen views of the training pixels
     # train.epochs must equal predict_epochs + contrast_epochs (ASHA's max_t and the LR schedule read it).
+    # Deviation from the card (§e, §g: stage 1 batch 128, stage 2 batch 256): both phases use train.batch_size,
+    # because the platform has one batch size per run (train.py builds the data iterators from
+    # train.batch_size; phases() carries only (name, epochs)). 256 is kept, the stage-2 (COMPLETER) value,
+    # since L_MI's batch-level joint needs batch >> K (card §i).
     train_defaults = {"batch_size": 256, "epochs": 530, "log_every_steps": 10}
     SMALL_SCALE = SMALL_SCALE
     # --smoke: 2 trials, a 32x32 cube of 48 bands (15x15 patches stored so the sweep's w fits), 2 + 2 epochs
@@ -88,9 +95,11 @@ class CVP(nn.Module):
             raise ValueError(f"split {cfg.split_scheme!r} of {cfg.n_bands} bands gives groups of {len(g1)} and {len(g2)}; each needs >= 13")
         self.register_buffer("g1", torch.as_tensor(g1), persistent=False)
         self.register_buffer("g2", torch.as_tensor(g2), persistent=False)
-        self.p12 = CrossChannelPredictor(len(g1), len(g2), cfg.patch_size, cfg.view_dim)
-        self.p21 = CrossChannelPredictor(len(g2), len(g1), cfg.patch_size, cfg.view_dim)
-        self.contrastive = ContrastiveNet(cfg.view_dim, parse_dims(cfg.encoder_hidden), cfg.clusters, parse_dims(cfg.predictor_hidden))
+        self.p12 = CrossChannelPredictor(len(g1), len(g2), cfg.patch_size, cfg.view_dim, cfg.predictor_conv2d_padding)
+        self.p21 = CrossChannelPredictor(len(g2), len(g1), cfg.patch_size, cfg.view_dim, cfg.predictor_conv2d_padding)
+        decoder_hidden = parse_dims(cfg.decoder_hidden) or None  # "" -> mirror of the encoder
+        self.contrastive = ContrastiveNet(cfg.view_dim, parse_dims(cfg.encoder_hidden), cfg.clusters,
+                                          parse_dims(cfg.predictor_hidden), decoder_hidden)
         # view statistics of the training pixels (fixed size: checkpointed, so a resumed run normalises alike)
         self.register_buffer("view_mean", torch.zeros(2 * cfg.view_dim))
         self.register_buffer("view_std", torch.ones(2 * cfg.view_dim))

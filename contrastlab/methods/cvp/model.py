@@ -3,7 +3,8 @@
 - CrossChannelPredictor (stage 1): patch of band group G (|G|, w, w) -> bottleneck view v in R^d ->
   prediction of the whole other-group patch (|G_other| * w * w values), split-brain style.
 - ContrastiveNet (stage 2, COMPLETER layout): per view an encoder d -> hidden... -> K (softmax), a
-  mirror decoder K -> ... -> d, and dual predictors Q12, Q21: K -> hidden... -> K (softmax).
+  decoder K -> ... -> d (by default the mirror of the encoder, card §b; `decoder_hidden` sets it, e.g.
+  the §g small-scale K -> 256 -> d), and dual predictors Q12, Q21: K -> hidden... -> K (softmax).
 """
 from __future__ import annotations
 
@@ -16,25 +17,40 @@ def parse_dims(spec: str) -> list[int]:
     return [int(s) for s in str(spec).replace(" ", "").split(",") if s]
 
 
+def conv2d_out_size(patch_size: int, padding: int) -> int:
+    """Side of the stage-1 2-D map before pooling: the three 3x3 spatial kernels (unpadded) take w -> w-6,
+    then the 3x3 Conv2d with `padding` takes it to w - 6 - 2 + 2*padding."""
+    return patch_size - 6 - 2 + 2 * padding
+
+
 class CrossChannelPredictor(nn.Module):
     """Conv3d(1->8,(7,3,3)) BN ReLU -> Conv3d(8->16,(5,3,3)) BN ReLU -> Conv3d(16->32,(3,3,3)) BN ReLU
-    -> reshape (32*(|G|-12), w-6, w-6) -> Conv2d(->64, 3x3, padding 1 [R]) BN ReLU -> AdaptiveAvgPool(4x4)
-    -> 1024 -> Linear(->d) = view v -> ReLU -> Linear(d -> out_bands*w*w). Needs |G| >= 13, w >= 7."""
+    -> reshape (32*(|G|-12), w-6, w-6) -> Conv2d(->64, 3x3) BN ReLU -> AdaptiveAvgPool(4x4)
+    -> 1024 -> Linear(->d) = view v -> ReLU -> Linear(d -> out_bands*w*w).
 
-    def __init__(self, in_bands: int, out_bands: int, patch_size: int, view_dim: int = 128):
+    conv2d_padding=0 (default) is the card's layout (§c: unpadded 3x3 Conv2d, (w-8)x(w-8) map, hence
+    |G| >= 13 and w >= 9). conv2d_padding=1 is the previous layout of this code (padded, (w-6)x(w-6) map,
+    w >= 7), still available via method.predictor_conv2d_padding=1."""
+
+    def __init__(self, in_bands: int, out_bands: int, patch_size: int, view_dim: int = 128, conv2d_padding: int = 0):
         super().__init__()
         if in_bands < 13:
             raise ValueError(f"a cross-channel predictor needs >= 13 input bands (3-D kernels span 13), got {in_bands}")
-        if patch_size < 7:
-            raise ValueError(f"patch_size must be >= 7 for the 3-D convolutions, got {patch_size}")
+        if conv2d_padding not in (0, 1):
+            raise ValueError(f"conv2d_padding must be 0 (card layout) or 1 (previous padded layout), got {conv2d_padding}")
+        if conv2d_out_size(patch_size, conv2d_padding) < 1:
+            need = 8 - 2 * conv2d_padding + 1
+            raise ValueError(f"patch_size={patch_size} leaves no 2-D map after the 3x3 Conv2d with padding {conv2d_padding}: "
+                             f"patch_size must be >= {need} (>= 9 with padding 0, >= 7 with padding 1)")
         self.in_bands, self.out_bands, self.patch_size = in_bands, out_bands, patch_size
+        self.conv2d_padding = conv2d_padding
 
         def c3(i, o, k):
             return [nn.Conv3d(i, o, k), nn.BatchNorm3d(o), nn.ReLU(inplace=True)]
 
         self.conv3d = nn.Sequential(*c3(1, 8, (7, 3, 3)), *c3(8, 16, (5, 3, 3)), *c3(16, 32, (3, 3, 3)))
-        self.conv2d = nn.Sequential(nn.Conv2d(32 * (in_bands - 12), 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-                                    nn.AdaptiveAvgPool2d(4))
+        self.conv2d = nn.Sequential(nn.Conv2d(32 * (in_bands - 12), 64, 3, padding=conv2d_padding), nn.BatchNorm2d(64),
+                                    nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(4))
         self.bottleneck = nn.Linear(64 * 16, view_dim)
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(view_dim, out_bands * patch_size * patch_size))
 
@@ -87,9 +103,15 @@ class DualPredictor(nn.Module):
 
 
 class ContrastiveNet(nn.Module):
-    def __init__(self, view_dim: int, encoder_hidden: list[int], k: int, predictor_hidden: list[int]):
+    """decoder_hidden=None: each decoder mirrors the encoder, K -> reversed(encoder_hidden) -> d (card §b,
+    the full-scale COMPLETER autoencoder); a list sets it explicitly, e.g. [256] for §g's K -> 256 -> d.
+    Every decoder linear is followed by BN+ReLU, the last included (card §b)."""
+
+    def __init__(self, view_dim: int, encoder_hidden: list[int], k: int, predictor_hidden: list[int],
+                 decoder_hidden: list[int] | None = None):
         super().__init__()
         self.enc1, self.enc2 = SoftEncoder(view_dim, encoder_hidden, k), SoftEncoder(view_dim, encoder_hidden, k)
-        mirror = [k, *reversed(encoder_hidden), view_dim]
-        self.dec1, self.dec2 = mlp(mirror, bn_relu_last=True), mlp(mirror, bn_relu_last=True)
+        hidden = list(reversed(encoder_hidden)) if decoder_hidden is None else list(decoder_hidden)
+        dec = [k, *hidden, view_dim]
+        self.dec1, self.dec2 = mlp(dec, bn_relu_last=True), mlp(dec, bn_relu_last=True)
         self.q12, self.q21 = DualPredictor(k, predictor_hidden), DualPredictor(k, predictor_hidden)

@@ -1,7 +1,9 @@
 """DeCLIP's hyperparameters (card e, g; quirks of card b as flags).
 
-Defaults are the card's small-scale faithful version (g): small CNN image tower and 2-layer word
-transformer, 48 px, context 16, projector 64->128->128->128, predictor 128->32->128, queue 1,024,
+Defaults are the card's small-scale faithful version (g): small CNN image tower and 2-layer text
+transformer, 48 px, context 16 (deviation: the card's text tower is word-level; this one uses the CLIP
+BPE tokenizer of every text tower here, so a caption of 2-3 shapes is often cut at 16 tokens; raise
+`context_length` for longer captions), projector 64->128->128->128, predictor 128->32->128, queue 1,024,
 crop scale (0.5, 1), AdamW 1e-3 with betas (0.9, 0.98) and weight decay 0.1, loss weights
 0.4 / 0.2 / 0.2 / 0.2, theta clamped into [3, 6], scale capped at 100.
 

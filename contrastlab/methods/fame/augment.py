@@ -16,6 +16,10 @@ from contrastlab.platform.data.augment import random_resized_crop_box, resize, r
 
 VIDEO_MEAN = (0.43216, 0.394666, 0.37645)
 VIDEO_STD = (0.22803, 0.22145, 0.216989)
+# ImageNet statistics: official main_retrieve normalises retrieval clips with these (card f quirk);
+# used only when method.retrieval_imagenet_norm is set.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # --------------------------------------------------------------------------- CPU, numpy

@@ -1,6 +1,8 @@
 """FAME's evaluation (card f) on frozen backbone features: linear probe top-1 and clip retrieval.
 
-Retrieval (official `main_retrieve`): query = test videos, gallery = train videos,
+Retrieval (official `main_retrieve`): query = test videos, gallery = train videos; a video's feature is
+the mean over its clips of the L2-normalised pooled clip features (`mean_of_unit_features`: the official
+model's fc is replaced by Normalize before the clip mean), then
 
     q_i <- normalise(q_i - mean_query),   g_j <- normalise(g_j - mean_gallery)   (each set centred by its own mean)
     R@k = fraction of queries whose k most cosine-similar gallery items hold >= 1 of the query's class.
@@ -13,6 +15,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+
+def mean_of_unit_features(per_clip: torch.Tensor) -> torch.Tensor:
+    """(B, n, D) per-clip features -> (B, D): L2-normalise every clip feature, then average over the n clips."""
+    return torch.nn.functional.normalize(per_clip.float(), dim=-1).mean(dim=1)
 
 
 def centre_and_normalise(x: np.ndarray) -> np.ndarray:

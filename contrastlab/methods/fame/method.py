@@ -7,19 +7,28 @@ Spec: the method card `fame.md`. One step on a local batch of B videos, two uint
     L = 1/2 [ l(f_q(x_q), f_k(x_k)) + l(f_q(x_k), f_k(x_q)) ]
     l(q, k) = CE([q.k, q.Q] / T, 0),  k = shuffle-BN key forward under no_grad
 
-then the keys of both terms, all-gathered across workers (`ctx.gather(k, grad=False)`), are pushed
-into the queue (2 B_global keys per step), and after the optimiser step the key encoder moves by
+Queue order (`enqueue_order`, card b): the official builder runs forward_once(im_q, im_k) and then
+forward_once(im_k, im_q, update=False), each ending in `_dequeue_and_enqueue(k)`; so with the default
+"per_term" term 1's all-gathered keys (`ctx.gather(k1, grad=False)`) are pushed BEFORE term 2's logits
+are formed, i.e. term 2's negatives already hold term 1's keys (including f_k(x_k) of its own video,
+the key of the very clip its query encodes: an official quirk), then term 2's keys are pushed.
+"after_both" (a deviation, the common symmetric-MoCo recipe) scores both terms against the same
+snapshot and pushes both key sets afterwards. Either way 2 B_global keys per step, in the order
+[k1 of all workers, k2 of all workers]. After the optimiser step the key encoder moves by
 theta_k <- m theta_k + (1 - m) theta_q (`after_optimizer_step`; the update the official code does
 before the first term of the next step, so the order of operations is the same).
 
-Shuffle-BN: across DDP workers MoCo's gather-shuffle-scatter (`key_forward_shuffle_ddp`); on a single
-worker (`shuffle_bn="auto"` with one worker, or "split") the key batch is shuffled and run as
-`bn_splits` sub-batches with their own BN statistics (`key_forward_split_bn`): a shuffle alone would not
-change the statistics of one BN over the whole batch. "off" = plain forward.
+Shuffle-BN (shared with IFND: `contrastlab.methods.momentum.shuffled_key_forward`): across DDP workers
+MoCo's gather-shuffle-scatter; on a single worker (`shuffle_bn="auto"` with one worker, or "split") the
+key batch is shuffled and run as `bn_splits` sub-batches with their own BN statistics: a shuffle alone
+would not change the statistics of one BN over the whole batch. "off" = plain forward.
 
 Evaluation (debiased test split): frozen backbone features (mean over `eval_clips` clips), a
-logistic-regression probe fit on the (background-biased) training split, top-1 on the test split;
-test -> train class retrieval R@1/5/10 with per-set centring; and, when the data has `bg_id`, a
+logistic-regression probe fit on the (background-biased) training split, top-1 on the test split
+(probe features = mean of the raw pooled clip features: a linear classifier's logits averaged over
+clips, card f, equal the classifier applied to that mean); test -> train class retrieval R@1/5/10 on
+the mean of the per-clip L2-normalised pooled features (official `main_retrieve`: fc replaced by
+Normalize, then the mean over clips), with per-set centring; and, when the data has `bg_id`, a
 probe for the background family (lower = less background in the features). Diagnostic: a probe fit
 and scored within the test split (even / odd indices), i.e. whether the class is in the features at all.
 """
@@ -33,13 +42,15 @@ import torch
 from torch import nn
 
 from contrastlab.methods.base import OptimSpec
-from contrastlab.methods.fame.augment import ClipColourAugment, normalize_clips, uint8_clips_to_float
+from contrastlab.methods.fame.augment import IMAGENET_MEAN, IMAGENET_STD, ClipColourAugment, normalize_clips, uint8_clips_to_float
 from contrastlab.methods.fame.data import make_sample_fn
-from contrastlab.methods.fame.evaluation import class_retrieval_recall, gather_features
+from contrastlab.methods.fame.evaluation import class_retrieval_recall, gather_features, mean_of_unit_features
 from contrastlab.methods.fame.mask import fame, gaussian_kernel_size
 from contrastlab.methods.fame.model import BACKBONES, VideoEncoder
-from contrastlab.methods.fame.moco import KeyQueue, key_forward_shuffle_ddp, key_forward_split_bn, moco_loss, momentum_update_
-from contrastlab.platform import distributed as dist_utils
+from contrastlab.methods.fame.moco import KeyQueue, moco_loss, momentum_update_
+from contrastlab.methods.momentum import SHUFFLE_BN_MODES, shuffled_key_forward
+
+ENQUEUE_ORDERS = ("per_term", "after_both")
 
 
 @dataclass
@@ -52,9 +63,12 @@ class FAMEConfig:
     queue_size: int = 1024
     momentum: float = 0.99  # card g small-scale value; official 0.999
     temperature: float = 0.1
-    shuffle_bn: str = "auto"  # auto | split | ddp | off
+    shuffle_bn: str = "auto"  # auto | split | ddp | off (contrastlab/methods/momentum.py)
     bn_splits: int = 4  # sub-batches of the single-worker shuffle-BN equivalent
-    enqueue_after_each_term: bool = False  # [R] True: term 2 already sees term 1's keys in its queue
+    # card b / official builder: "per_term" = each symmetric term enqueues its (gathered) keys right after
+    # its logits, so term 2's negatives already hold term 1's keys. "after_both" is a DEVIATION (the usual
+    # symmetric-MoCo recipe, not FAME's): both terms against the same queue snapshot, both enqueued after.
+    enqueue_order: str = "per_term"
     # FAME (card b)
     use_fame: bool = True  # False = the MoCo baseline
     beta: float = 0.5  # fraction of pixels kept as foreground
@@ -69,6 +83,11 @@ class FAMEConfig:
     flip_prob: float = 0.5
     eval_clips: int = 2  # official 10 uniformly spaced clips
     eval_resize_ratio: float = 128 / 112
+    # Retrieval input normalisation. Official main_retrieve normalises with the ImageNet mean/std although
+    # pretraining used the Kinetics statistics of card d (a quirk). Default False: retrieval uses the same
+    # Kinetics statistics as training and the probe, so one forward pass serves both; True reproduces the
+    # quirk (a second forward per eval clip). The two differ by < 0.06 in mean and < 0.01 in std.
+    retrieval_imagenet_norm: bool = False
     decode_cache: int = 0  # >0: keep that many decoded videos per sample-fn copy (tiny data, one process)
     # GPU-side colour augmentation (card d)
     colour_aug: bool = True
@@ -97,8 +116,10 @@ class FAMEConfig:
             raise ValueError(f"method.temperature must be > 0, got {self.temperature}")
         if self.queue_size < 1:
             raise ValueError(f"method.queue_size must be >= 1, got {self.queue_size}")
-        if self.shuffle_bn not in ("auto", "split", "ddp", "off"):
-            raise ValueError(f"method.shuffle_bn must be auto, split, ddp or off, got {self.shuffle_bn!r}")
+        if self.shuffle_bn not in SHUFFLE_BN_MODES:
+            raise ValueError(f"method.shuffle_bn must be one of {SHUFFLE_BN_MODES}, got {self.shuffle_bn!r}")
+        if self.enqueue_order not in ENQUEUE_ORDERS:
+            raise ValueError(f"method.enqueue_order must be one of {ENQUEUE_ORDERS}, got {self.enqueue_order!r}")
         if self.clip_len < 2 or self.frame_stride < 1:
             raise ValueError(f"method.clip_len must be >= 2 (FAME needs frame differences) and frame_stride >= 1, got {self.clip_len}, {self.frame_stride}")
         if self.crop_size < 8 or self.eval_clips < 1:
@@ -169,15 +190,7 @@ class FAME(nn.Module):
         return self.colour_aug(x) if self.colour_aug is not None else normalize_clips(x)
 
     def _keys(self, x: torch.Tensor, ctx) -> torch.Tensor:
-        mode = self.cfg.shuffle_bn
-        if mode == "auto":
-            mode = "ddp" if ctx.world_size > 1 else "split"
-        if mode == "ddp":
-            return key_forward_shuffle_ddp(self.encoder_k, x)
-        if mode == "split":
-            return key_forward_split_bn(self.encoder_k, x, self.cfg.bn_splits)
-        with torch.no_grad():
-            return self.encoder_k(x)
+        return shuffled_key_forward(self.encoder_k, x, self.cfg.shuffle_bn, ctx.world_size, self.cfg.bn_splits)
 
     def query_input(self, clip_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """[0, 1] clip -> (FAME-merged clip or the clip itself, mask, permutation)."""
@@ -198,12 +211,14 @@ class FAME(nn.Module):
             q1, q2 = self.encoder_q(x_q), self.encoder_q(x_k)  # two calls: per-view BN, as the official model
             k1, k2 = self._keys(x_k, ctx), self._keys(x_q, ctx)
         q1, q2, k1, k2 = q1.float(), q2.float(), k1.float(), k2.float()
+        # Each term reads a clone of the queue, so a later in-place enqueue never touches a built graph.
+        # Keys are all-gathered without gradient (identical queue on every rank) before they are enqueued.
         loss1 = moco_loss(q1, k1, self.queue.queue.clone(), c.temperature)
-        if c.enqueue_after_each_term:
+        if c.enqueue_order == "per_term":  # official: term 2's negatives include term 1's keys
             self.queue.enqueue(ctx.gather(k1, grad=False))
             loss2 = moco_loss(q2, k2, self.queue.queue.clone(), c.temperature)
             self.queue.enqueue(ctx.gather(k2, grad=False))
-        else:
+        else:  # "after_both" (deviation): both terms against the same snapshot
             loss2 = moco_loss(q2, k2, self.queue.queue.clone(), c.temperature)
             self.queue.enqueue(ctx.gather(k1, grad=False))
             self.queue.enqueue(ctx.gather(k2, grad=False))
@@ -229,27 +244,51 @@ class FAME(nn.Module):
 
     # ---- evaluation
     @torch.no_grad()
-    def clip_features(self, clips_uint8: torch.Tensor) -> torch.Tensor:
-        """(B, n, 3, T, H, W) uint8 -> (B, D) pooled backbone features averaged over the n clips."""
+    def clip_features(self, clips_uint8: torch.Tensor, retrieval: bool = False) -> torch.Tensor:
+        """(B, n, 3, T, H, W) uint8 -> (B, D) video features from the pooled backbone output of its n clips.
+
+        retrieval=False (probe): the mean of the raw per-clip features (averaging a linear probe's logits
+        over clips, card f, equals the probe applied to this mean). retrieval=True (card f, official
+        main_retrieve with fc replaced by Normalize): each clip feature is L2-normalised BEFORE the mean,
+        so a clip with a large activation norm cannot dominate the video feature; input statistics per
+        `retrieval_imagenet_norm`. Centring and the final normalisation happen in `class_retrieval_recall`.
+        """
         b, n = clips_uint8.shape[:2]
-        x = normalize_clips(uint8_clips_to_float(clips_uint8.flatten(0, 1)))
-        return self.encoder_q.features(x).float().view(b, n, -1).mean(dim=1)
+        x = uint8_clips_to_float(clips_uint8.flatten(0, 1))
+        if retrieval and self.cfg.retrieval_imagenet_norm:
+            x = normalize_clips(x, IMAGENET_MEAN, IMAGENET_STD)
+        else:
+            x = normalize_clips(x)
+        per_clip = self.encoder_q.features(x).float().view(b, n, -1)
+        return mean_of_unit_features(per_clip) if retrieval else per_clip.mean(dim=1)
+
+    @torch.no_grad()
+    def eval_features(self, clips_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, 2D): [probe features | retrieval features] (see `clip_features`), one forward unless the
+        retrieval uses the ImageNet statistics."""
+        if self.cfg.retrieval_imagenet_norm:
+            return torch.cat([self.clip_features(clips_uint8), self.clip_features(clips_uint8, retrieval=True)], dim=1)
+        b, n = clips_uint8.shape[:2]
+        per_clip = self.encoder_q.features(normalize_clips(uint8_clips_to_float(clips_uint8.flatten(0, 1)))).float().view(b, n, -1)
+        return torch.cat([per_clip.mean(dim=1), mean_of_unit_features(per_clip)], dim=1)
 
     @torch.no_grad()
     def evaluate(self, eval_batches, ctx) -> dict[str, float]:
         from contrastlab.platform.eval import linear_probe
 
-        fn = lambda batch: self.clip_features(batch["clips"])  # noqa: E731
-        test_x, test_cols = gather_features(eval_batches, fn)
-        train_x, train_cols = gather_features(ctx.datasets["train_eval"], fn)
+        fn = lambda batch: self.eval_features(batch["clips"])  # noqa: E731
+        test_xr, test_cols = gather_features(eval_batches, fn)
+        train_xr, train_cols = gather_features(ctx.datasets["train_eval"], fn)
         c = self.cfg
         metrics: dict[str, float] = {}
-        if len(test_x) == 0 or len(train_x) == 0:
+        if len(test_xr) == 0 or len(train_xr) == 0:
             return metrics
+        d = test_xr.shape[1] // 2  # [probe | retrieval] columns
+        test_x, train_x, test_r, train_r = test_xr[:, :d], train_xr[:, :d], test_xr[:, d:], train_xr[:, d:]
         probe = linear_probe(train_x, train_cols["label"], test_x, test_cols["label"], seed=ctx.exp.run.seed if ctx.exp else 0,
                              max_iter=c.probe_max_iter)
         metrics["probe_top1"] = probe["accuracy"]
-        recall = class_retrieval_recall(test_x, test_cols["label"], train_x, train_cols["label"], ks=(1, 5, 10))
+        recall = class_retrieval_recall(test_r, test_cols["label"], train_r, train_cols["label"], ks=(1, 5, 10))
         metrics.update({f"retrieval_{k}": v for k, v in recall.items()})
         # does the representation hold the class at all, shortcut aside? A probe fit on the even-index half of
         # the debiased test split and scored on the odd half (a diagnostic; not the card's protocol).

@@ -1,5 +1,6 @@
 """MoCo pieces FAME builds on (card fame.md b): InfoNCE against a queue, the momentum update,
-the key queue (a persistent buffer) and shuffle-BN for the key encoder.
+the key queue (a persistent buffer); shuffle-BN for the key encoder is re-exported from the shared
+`contrastlab.methods.momentum`.
 
     logits = [q.k, q.Q_1, ..., q.Q_K] / T,   loss = CE(logits, 0)     (k and Q detached)
     theta_k <- m theta_k + (1 - m) theta_q                            (parameters only)
@@ -10,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastlab.platform import distributed as dist_utils
+# Shuffle-BN is shared with IFND's queue variant: it lives in contrastlab/methods/momentum.py and is
+# re-exported here so `from contrastlab.methods.fame.moco import key_forward_split_bn` keeps working.
+from contrastlab.methods.momentum import key_forward_shuffle_ddp, key_forward_split_bn, shuffled_key_forward  # noqa: F401
 
 
 def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,40 +63,3 @@ class KeyQueue(nn.Module):
         self.queue[:, idx] = keys.detach().to(self.queue.dtype).T
         self.ptr.copy_((self.ptr + n) % self.size)
 
-
-# --------------------------------------------------------------------------- shuffle-BN
-@torch.no_grad()
-def key_forward_split_bn(encoder: nn.Module, x: torch.Tensor, splits: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One-worker shuffle-BN equivalent: shuffle the batch, run the key encoder on `splits`
-    sub-batches (each with its own BN statistics), unshuffle. The key's BN statistics then come
-    from a random subset of clips rather than from the same set the query's BN saw, which is what
-    multi-GPU shuffle-BN achieves (MoCo's "cheating" via batch statistics). splits=1: plain forward."""
-    b = x.shape[0]
-    if splits <= 1 or b < 2:
-        return encoder(x)
-    perm = torch.randperm(b, generator=generator, device="cpu").to(x.device)
-    chunks = [encoder(c) for c in x[perm].chunk(splits) if len(c)]
-    out = torch.cat(chunks)
-    return out[torch.argsort(perm)]
-
-
-@torch.no_grad()
-def key_forward_shuffle_ddp(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """MoCo's shuffle-BN across DDP workers: gather the global batch, shuffle it with a permutation
-    broadcast from rank 0, run this worker's slice, gather the keys and unshuffle to the local rows.
-    Identity-shaped fallback to a plain forward on one worker."""
-    world = dist_utils.world_size()
-    if world <= 1:
-        return encoder(x)
-    import torch.distributed as dist
-
-    b = x.shape[0]
-    x_all = dist_utils.gather(x, grad=False)
-    perm = torch.randperm(x_all.shape[0], device=x.device)
-    dist.broadcast(perm, src=0)
-    rank = dist_utils.rank()
-    mine = perm[rank * b:(rank + 1) * b]
-    k_all = dist_utils.gather(encoder(x_all[mine]), grad=False)  # rows in shuffled order
-    unshuffled = torch.empty_like(k_all)
-    unshuffled[perm] = k_all
-    return unshuffled[rank * b:(rank + 1) * b]

@@ -6,7 +6,15 @@ Spec: the method card `ifnd.md`. Two base methods (`variant`):
   loss `ifnd_inbatch_loss` over the global batch (local anchors against gathered candidates).
 - "queue" (MoCo-v2, card b/c): q = encoder(v1), k = momentum_encoder(v2), negatives = a FIFO of
   keys stored with their dataset indices (`KeyQueue`), loss `ifnd_queue_loss`; the momentum
-  encoder is updated after every optimiser step (`after_optimizer_step`).
+  encoder is updated after every optimiser step (`after_optimizer_step`). The key forward uses
+  shuffle-BN (card c; `shuffle_bn`, shared with FAME: `contrastlab.methods.momentum`): MoCo's
+  cross-worker shuffle under DDP, `bn_splits` shuffled sub-batches with their own BN statistics on
+  one worker.
+
+Encoder presets: `hidden_dim`, `proj_dim` and `in_channels` = 0 take the encoder's preset: small
+(card g) 1 channel, head 128 -> 128 -> 64; resnet50 (card c, MoCo v2) 3 channels, head
+2048 -> 2048 -> 128. ResNet-50's first conv takes RGB, so grey datasets (digits, Fashion-MNIST) are
+fed to it as 3 equal channels by the loader (`load_image` repeats a grey channel when 3 are asked for).
 
 False-negative detection (card c), in `on_epoch_start`: at every epoch e >= e_w with
 (e - e_w) % cluster_every == 0, embed the whole training set (`ctx.extract("train_eval", ...)`,
@@ -50,12 +58,16 @@ from contrastlab.methods.ifnd.clustering import (
 )
 from contrastlab.methods.ifnd.loss import STRATEGIES, ifnd_inbatch_loss, ifnd_queue_loss
 from contrastlab.methods.ifnd.model import KeyQueue, MomentumEncoder, resnet50_encoder, small_encoder
+from contrastlab.methods.momentum import SHUFFLE_BN_MODES, shuffled_key_forward
 from contrastlab.platform import distributed as dist_utils
 from contrastlab.platform.data.augment import moco_v2_view, resize, to_chw
 from contrastlab.platform.eval.features import extract_features
 
 PL_BUFFERS = ("pl_index", "pl_labels", "pl_confidence", "pl_accepted")
 PROBE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+# What 0 means for in_channels / hidden_dim / proj_dim: card g's small CNN, card c's ResNet-50 (MoCo v2 head).
+ENCODER_PRESETS = {"small": {"in_channels": 1, "hidden_dim": 128, "proj_dim": 64},
+                   "resnet50": {"in_channels": 3, "hidden_dim": 2048, "proj_dim": 128}}
 
 
 @dataclass
@@ -66,13 +78,16 @@ class IFNDConfig:
     temperature: float = 0.2  # [R] MoCo-v2 value
     # networks (card c / g)
     encoder: str = "small"  # small (card-g CNN 1->32->64->128, head 128->128->64) | resnet50 (head 2048->2048->128)
-    in_channels: int = 1  # 1: grey (colour inputs are averaged), 3: RGB (grey inputs are repeated)
+    # 0 = the encoder's preset (ENCODER_PRESETS): small 1 channel, head 128->128->64; resnet50 3 channels, head 2048->2048->128
+    in_channels: int = 0  # 1: grey (colour inputs are averaged), 3: RGB (grey inputs are repeated); resnet50 needs 3
     image_size: int = 0  # 0 = the dataset's native size
-    hidden_dim: int = 128
-    proj_dim: int = 64
+    hidden_dim: int = 0
+    proj_dim: int = 0
     # queue variant
     queue_size: int = 4096  # card: 65,536 ImageNet, 16,384 ImageNet-100; small data: a few epochs' worth
     momentum: float = 0.99  # card c says 0.999 (ImageNet, 200 epochs); 0.99 for runs of a few thousand steps
+    shuffle_bn: str = "auto"  # card c: ShuffleBN in the key encoder. auto (ddp with >1 worker, else split) | split | ddp | off
+    bn_splits: int = 4  # sub-batches of the single-worker shuffle-BN equivalent ("split")
     # clustering and schedule (card c) -- all [R]
     cluster_counts: tuple[int, ...] = (100, 30, 10)  # card: CIFAR-10 (100, 30, 10), digits (20, 10)
     cluster_multiplier: float = 1.0  # sweep: {0.5, 1, 2, 4} x cluster_counts
@@ -106,6 +121,15 @@ class IFNDConfig:
     eval_kmeans_n_init: int = 10
     eval_threads: int = 1  # BLAS/OpenMP threads for the sklearn metrics (oversubscribed BLAS made a 1k-sample probe take minutes); 0 = library default
 
+    def channels(self) -> int:
+        """Input channels: `in_channels`, or the encoder's preset when 0."""
+        return self.in_channels or ENCODER_PRESETS[self.encoder]["in_channels"]
+
+    def dims(self) -> tuple[int, int]:
+        """(hidden_dim, proj_dim) of the projection head: the configured values, or the encoder's preset where 0."""
+        preset = ENCODER_PRESETS[self.encoder]
+        return self.hidden_dim or preset["hidden_dim"], self.proj_dim or preset["proj_dim"]
+
     def ks(self) -> tuple[int, ...]:
         return tuple(max(1, int(round(k * self.cluster_multiplier))) for k in self.cluster_counts)
 
@@ -116,8 +140,17 @@ class IFNDConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"method.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        if self.in_channels not in (1, 3):
-            raise ValueError(f"method.in_channels must be 1 or 3, got {self.in_channels}")
+        if self.in_channels not in (0, 1, 3):
+            raise ValueError(f"method.in_channels must be 0 (the encoder's preset), 1 or 3, got {self.in_channels}")
+        if self.encoder == "resnet50" and self.channels() != 3:
+            raise ValueError(f"method.encoder=resnet50 needs method.in_channels=3 (its first conv takes RGB; grey images are "
+                             f"repeated to 3 channels when loaded), got in_channels={self.in_channels}; use 3 or 0 (the preset)")
+        if self.hidden_dim < 0 or self.proj_dim < 0:
+            raise ValueError(f"method.hidden_dim and method.proj_dim must be >= 0 (0 = the encoder's preset), got {self.hidden_dim}, {self.proj_dim}")
+        if self.shuffle_bn not in SHUFFLE_BN_MODES:
+            raise ValueError(f"method.shuffle_bn must be one of {list(SHUFFLE_BN_MODES)}, got {self.shuffle_bn!r}")
+        if self.bn_splits < 1:
+            raise ValueError(f"method.bn_splits must be >= 1, got {self.bn_splits}")
         if self.temperature <= 0:
             raise ValueError(f"method.temperature must be > 0, got {self.temperature}")
         if not self.cluster_counts or any(int(k) < 1 for k in self.cluster_counts):
@@ -164,7 +197,7 @@ def make_sample_fn(cfg: IFNDConfig, split: str, meta: dict):
     member = image_member(meta)
 
     def train_fn(sample: dict, rng: np.random.Generator) -> dict:
-        img = load_image(sample, member, cfg.in_channels, cfg.image_size)
+        img = load_image(sample, member, cfg.channels(), cfg.image_size)
         views = []
         for _ in range(2):
             if cfg.augmentation == "affine":
@@ -178,7 +211,7 @@ def make_sample_fn(cfg: IFNDConfig, split: str, meta: dict):
 
     def eval_fn(sample: dict, rng: np.random.Generator) -> dict:
         label = (sample.get("json") or {}).get("label", -1)
-        return {"image": to_chw(load_image(sample, member, cfg.in_channels, cfg.image_size)),
+        return {"image": to_chw(load_image(sample, member, cfg.channels(), cfg.image_size)),
                 "label": np.int64(label if isinstance(label, (int, np.integer)) else -1)}
 
     return (train_fn if split == "train" else eval_fn), (member,)
@@ -207,12 +240,13 @@ class IFND(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        hidden_dim, proj_dim = cfg.dims()
         if cfg.encoder == "small":
-            self.encoder = small_encoder(cfg.in_channels, hidden_dim=cfg.hidden_dim, proj_dim=cfg.proj_dim)
+            self.encoder = small_encoder(cfg.channels(), hidden_dim=hidden_dim, proj_dim=proj_dim)
         else:
-            self.encoder = resnet50_encoder(cfg.hidden_dim, cfg.proj_dim)
+            self.encoder = resnet50_encoder(hidden_dim, proj_dim)
         self.momentum_encoder = MomentumEncoder(self.encoder, cfg.momentum) if cfg.variant == "queue" else None
-        self.queue = KeyQueue(cfg.queue_size, cfg.proj_dim) if cfg.variant == "queue" else None
+        self.queue = KeyQueue(cfg.queue_size, proj_dim) if cfg.variant == "queue" else None
         m = len(cfg.cluster_counts)
         # Pseudo-labels of the last pass, compact: sorted dataset indices (N,) and (M, N) tables.
         # N is only known after the first pass, so loading resizes them (_load_from_state_dict).
@@ -391,13 +425,17 @@ class IFND(nn.Module):
         else:
             with ctx.autocast():
                 q = self.encoder(v1)
-                k = self.momentum_encoder(v2)
+                k = self.keys(v2, ctx)
             q_lab, q_acc = self.lookup(self.queue.indices) if use_labels else (None, None)
             loss = ifnd_queue_loss(q, k, self.queue.keys.clone(), a_lab, a_acc, q_lab, q_acc, strategy, c.temperature)
             ctx.optimize(loss, "main")
             self.queue.enqueue(ctx.gather(k.float(), grad=False), ctx.gather(idx.long(), grad=False))
         logs["loss"] = float(loss.detach())
         return logs
+
+    def keys(self, x: torch.Tensor, ctx) -> torch.Tensor:
+        """Normalised keys of the momentum encoder (no gradient) with shuffle-BN (`cfg.shuffle_bn`, card c)."""
+        return shuffled_key_forward(self.momentum_encoder.encoder, x, self.cfg.shuffle_bn, ctx.world_size, self.cfg.bn_splits)
 
     def after_optimizer_step(self, name: str, ctx) -> None:
         if self.momentum_encoder is not None:

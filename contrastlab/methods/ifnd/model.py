@@ -4,7 +4,9 @@
   global average pool) with head 128 -> 128 -> 64.
 - `resnet50_encoder`: torchvision ResNet-50, randomly initialised (weights=None, nothing is
   downloaded), fc removed, MLP head 2048 -> 2048 -> 128 (ReLU, no BN) [R: MoCo v2].
-- `MomentumEncoder`: EMA copy of an encoder, theta_k <- m theta_k + (1 - m) theta_q.
+- `MomentumEncoder`: EMA copy of an encoder, theta_k <- m theta_k + (1 - m) theta_q. Its plain
+  forward has no shuffle-BN; the method's key forward runs `.encoder` through the shared
+  `contrastlab.methods.momentum.shuffled_key_forward` (card c: ShuffleBN in the key encoder).
 - `KeyQueue`: MoCo queue of keys with their int64 dataset indices, as persistent buffers so it
   survives checkpoints (indices -1 = slot never filled; such entries are never false negatives).
 """

@@ -8,6 +8,7 @@ poolers 768->1024). Any architecture field left at 0 takes the preset's value.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from contrastlab.methods.scale.metrics import AP_FORMULAS
 
 PRESETS = {
     "small": dict(hidden=64, layers=2, text_heads=4, text_intermediate=256, image_heads=4, image_intermediate=256,
@@ -83,6 +84,10 @@ class SCALEConfig:
     probe: str = "last"  # linear probes: last (final epoch) | always | never
     probe_max_train: int = 2000  # training rows used by the probes
     retrieval_ks: tuple = (1, 5, 10)
+    # [unsure] the card gives the mAP@k formula in words only: "official" cuts each ranked list at
+    # k_eff = min(k, |pos|, |list|) and divides by the hits (evaluate_unit_v2.py); "min_k_pos" scans the
+    # top k and divides by min(k, |pos|) (this code before session 19). See metrics.py.
+    retrieval_ap: str = "official"
 
     def arch(self) -> dict:
         """The resolved architecture: the preset with every non-zero field applied."""
@@ -119,6 +124,8 @@ class SCALEConfig:
             raise ValueError(f"method.missing must be one of {MISSING_MODES}, got {self.missing!r}")
         if self.negatives != "local":
             raise ValueError("method.negatives: only 'local' (the official per-replica negatives) is implemented")
+        if self.retrieval_ap not in AP_FORMULAS:
+            raise ValueError(f"method.retrieval_ap must be one of {AP_FORMULAS}, got {self.retrieval_ap!r}")
         if self.probe not in ("last", "always", "never"):
             raise ValueError(f"method.probe must be last, always or never, got {self.probe!r}")
         if self.image_size % self.image_grid:

@@ -66,6 +66,8 @@ class SCALE(nn.Module):
     eval_metric = "map_at_10"
     eval_mode = "max"
     needs_train_features = True  # the linear probes read the training shards with eval preprocessing
+    # 10 epochs (~620 steps on the default 4,000 products) keep a laptop sweep's trials short; card g's
+    # 1,500 steps are train.epochs=24, which benchmarks/scale_comparison.py uses
     train_defaults = {"batch_size": 64, "epochs": 10, "log_every_steps": 10}
     # --smoke: 2 trials x 2 epochs of 8 steps on 512 products (+256 eval), probes only at the last epoch
     smoke_overrides = {"train.epochs": 2, "data.embedded_params": "{n_train: 512, n_test: 256}", "method.probe_max_train": 512}
@@ -189,9 +191,9 @@ class SCALE(nn.Module):
             feats, first, graph, labels, noise, present = (torch.cat([p[k] for p in parts], dim=1 if k == 1 else 0)
                                                            for k in range(6))
         h = self.model.cfg.arch()["hidden"]
-        metrics = retrieval_map(feats[:, :h].numpy(), labels.numpy(), self.cfg.retrieval_ks)
+        metrics = retrieval_map(feats[:, :h].numpy(), labels.numpy(), self.cfg.retrieval_ks, formula=self.cfg.retrieval_ap)
         for m, name in enumerate(ORDER):  # single-modality retrieval on its fused first token
-            metrics[f"{name}_map_at_10"] = retrieval_map(first[m].numpy(), labels.numpy(), (10,))["map_at_10"]
+            metrics[f"{name}_map_at_10"] = retrieval_map(first[m].numpy(), labels.numpy(), (10,), formula=self.cfg.retrieval_ap)["map_at_10"]
         metrics["g_offdiag"] = float(mean_off_diagonal(graph))
         metrics.update(audio_pair_weights(graph, present, noise))
         metrics["g_audio_gap"] = metrics["g_audio_clean"] - metrics["g_audio_noise"]

@@ -14,14 +14,43 @@ the card's two separate batches (32 + 32) become one mixed batch of 64 (one forw
 `phase_data=all` is the first design, kept for comparison: every domain every epoch, filtered in
 train_step (about batch_size / n_domains new rows per step, n_domains times the decoding). The
 clustering pass reads every training image either way (the EMA runs on current-domain rows only).
-Batch composition is random (no P x K identity sampler): the loss terms that need identities
-use the centroid/proxy memories, so they work with any batch.
+Batch composition is random (no P x K identity sampler; card b/i: new batch 8 pseudo-ids x 4, old
+batch 16 old ids x 2, two loaders in lock-step). L_ccl and L_old contrast each row with the centroid
+memory and L_cam with the proxy memory, so they only get noisier. L_kl does change: it distils the
+similarity structure among whichever old rows share the batch. With the official K = 2 sampler every
+buffered image has its sibling (the other buffered image of its pseudo-id) in the batch, so P_old
+carries a same-identity peak and L_kl keeps old identities' images together under the new model.
+With random draws a sibling shares the batch with probability about (old rows per batch - 1) /
+buffer size (about 0.25 in d2 at the small-scale defaults, falling as the buffer grows; about 0.02
+at official scale). L_kl then mostly distils relations between different old identities, and only
+L_old keeps each identity together. The number of old rows per batch also varies (about
+batch_size * r / (1 + r), r = old_batch_ratio) instead of being exactly 32, and an upsampled buffered
+image can meet its own copy (another augmentation).
+
+Steps per domain (deviation, card g): the card trains 6 epochs x 40 iterations per domain (batch 32
+new + 32 old: 240 steps). Here an epoch is one pass over this epoch's selection. At the embedded
+defaults (60 ids x 8 = 480 images per domain, batch 64) that is 480 // 64 = 7 steps per epoch
+(42 per domain) for the source phase and the first seen domain, where the batch holds 64 new rows,
+and about 960 // 64 = 15 steps per epoch (90 per domain) from the second seen domain on. The EMA
+consequence: at alpha 0.999 the EMA keeps 0.999^42 = 96% (0.999^90 = 91%) of its domain-start
+weights, against 0.999^240 = 79% on the card. The EMA is what is evaluated, what clusters every
+epoch and what the online model restarts from at every domain start, so the runs adapt (and forget)
+less than the card's. This is not fixed here: DataSelection repeats only the samples it lists by
+index, all by one factor (`index_copies`), and reads field-matched samples once. 40 iterations with
+the 1:1 old:new ratio needs two factors (new rows about 2.7x, buffer about 10x), which is a platform
+change. Repeating domain + buffer by one factor would give 40 iterations but cut the old share to
+buffer / (domain + buffer) (about 20% in d2).
 
 Per epoch: cluster EMA eval features of the current domain (k-reciprocal Jaccard + DBSCAN; on
 rank 0, broadcast), recompute centroids C_new and per-camera proxies. Per step:
 L = L_ccl + L_cam (+ L_old + L_kl from the second seen domain on), Adam, EMA update.
 End of each seen domain: buffer += the mem_samples most central images of every cluster (with
-centroids and proxies), old model <- EMA. Start of each domain after the first: online <- EMA.
+centroids and proxies), old model <- EMA. End of each labelled source phase: EMA <- online
+(parameters and buffers), so both models start the first seen domain from the warm start (card c:
+identical init; card g: the warm start stands in for the pre-training both models share). Without
+that the EMA, updated only about 15 times at alpha 0.999, would still be about 98.5% its random
+init, and online <- EMA would discard the warm start. Start of each domain after the first:
+online <- EMA.
 
 Deviations / options (flags): `proxy_norm` (column = official quirk, row = intended),
 `label_offset` (intended | official, see `_append_buffer`), negatives when fewer than
@@ -65,7 +94,7 @@ class UCRConfig:
     source_domains: str = "d0"  # comma list; labelled warm-start phases ("" = none)
     source_epochs: int = 2
     domains: str = "d1,d2,d3"  # the lifelong sequence, one phase each (names of the json "domain")
-    epochs_per_domain: int = 6
+    epochs_per_domain: int = 6  # an epoch = one pass over the selection (card g: 40 iterations; see the module docstring)
     rehearsal: bool = True  # False = sequential fine-tuning baseline (no buffer, no L_old, no L_kl)
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
@@ -360,8 +389,18 @@ class UCR(nn.Module):
         copies = c.old_batch_ratio * n_new / self.buf_index.numel()
         return DataSelection("domain", (ctx.phase,), tuple(self.buf_index.tolist()), copies)
 
+    def _sync_ema_to_online(self) -> None:
+        """EMA <- online, parameters and buffers (BN running statistics): the end of the warm start."""
+        self.ema.load_state_dict(self.online.state_dict())
+
     def on_phase_end(self, ctx) -> None:
-        if self._is_source(ctx.phase) or not self.cfg.rehearsal:
+        if self._is_source(ctx.phase):
+            # Already done by on_epoch_end at the phase's last epoch. Repeating it here is a no-op:
+            # online does not change between the two calls, or after a resume from the checkpoint
+            # taken at that epoch's end. It keeps the invariant for any driver that skips on_epoch_end.
+            self._sync_ema_to_online()
+            return
+        if not self.cfg.rehearsal:
             return
         self._append_buffer()
         self.old_model.load_state_dict(self.ema.state_dict())
@@ -524,7 +563,11 @@ class UCR(nn.Module):
         return table
 
     def on_epoch_end(self, ctx) -> None:
-        """Phase-end epochs the loop will not evaluate still get their table column."""
+        """End of a source phase: EMA <- online (before this epoch's evaluation, so it scores the warm
+        start; part of the epoch-end checkpoint, so a resume neither redoes nor skips it). Phase-end
+        epochs the loop will not evaluate still get their table column."""
+        if ctx.epoch in self._phase_end_epochs() and self._is_source(ctx.phase):
+            self._sync_ema_to_online()
         every = ctx.exp.train.eval_every_epochs
         last = sum(n for _, n in self.phases()) - 1
         if ctx.epoch in self._phase_end_epochs() and not ((ctx.epoch + 1) % every == 0 or ctx.epoch == last):

@@ -2,24 +2,29 @@
 
 Every reconstructed choice of the card (pretraining/CMCL code was never released) is a named
 option here, marked [R] (reconstructed) or [U2] (taken from UNIMO-2's code):
-- `similarity` "cosine" [U2] on the pooled heads `proj_activation` FC+ReLU [U2];
+- `similarity` "cosine" [U2] on the pooled heads `proj_activation` FC+ReLU [U2]. Cosine is the
+  only d(V, W) built: the field names the choice and rejects any other value;
 - `in_batch` negatives on [R] (not in the paper's set notation; UNIMO-2 uses only them);
 - `cmcl_variant` "card" (the paper's multi-positive InfoNCE) or "unimo2" (UNIMO-2's released
-  symmetric in-batch CE, mean over all rows, `unimo2_normalize_text` quirk);
+  symmetric in-batch CE over the local pair rows, `unimo2_normalize_text` quirk);
 - temperature learnable, init 0.07, clipped to [0.001, 0.5] [U2];
 - loss weights `weight_cmcl = weight_visual = weight_language = 1` (recalled);
 - `stream_mix` pair:text:image: the card's batch proportions, applied here as per-stream loss
   weights relative to the pair stream (the dataset sets the sample proportions; see method.py);
 - `mlm_masking` "span" (geometric p=0.2, recalled) or "token"; 80/10/10 replacement;
-- `image_tokens` "patches": a conv stem's patch grid with box geometry stands in for Faster R-CNN
+- image regions (no option): a conv stem's patch grid with box geometry stands in for Faster R-CNN
   regions (card i); `region_target` "pixels" (the patch's normalised pixels) stands in for the
   detector's 2048-d ROI feature ("features" regresses the stem's own detached features instead);
   the detector's 1,601-class soft-label region classification has no counterpart and is not built.
-- optimiser: AdamW, lr 1e-4 (card e; card g says 3e-4), wd 0.01, 5% warm-up then cosine decay (the
-  platform has no linear decay schedule).
+- optimiser: AdamW, lr 1e-4 (card e; card g says 3e-4), wd 0.01, 5% warm-up then linear decay to 0
+  (card e; `lr_schedule` "linear" = the platform's poly schedule with power 1; "cosine" selectable).
 - `dropout` 0 for the small from-scratch model (card c's 0.1 is for a RoBERTa-initialised backbone;
   with 0.1 the small model stayed at chance for 100+ steps); `norm_first` False = card's post-LN;
   `pooling` "cls" = the card's [CLS]/[IMG] outputs ("mean" is an alternative).
+
+Deviation: the language objective is only card b's task (a), bidirectional span/token MLM. Task
+(b), seq2seq LM (UniLM masks, ~25% target fragments; captioning on pairs), is not built: no
+option selects it, and `masking.seq2seq_attention_mask` is not used by any training path.
 """
 from __future__ import annotations
 
@@ -59,7 +64,7 @@ class UNIMOConfig:
     norm_first: bool = False  # card c: post-LN (RoBERTa); True = pre-LN (deviation, easier from scratch)
     pooling: str = "cls"  # card: h = [CLS] / [IMG] output; "mean" = mean of the outputs (deviation)
     proj_activation: str = "relu"  # [U2] pooled heads FC+ReLU; "none" = plain linear
-    similarity: str = "cosine"  # [U2]; the only implemented d(V, W)
+    similarity: str = "cosine"  # [U2]; fixed: cosine is the only d(V, W) built, other values are rejected
 
     # ---- CMCL
     cmcl_variant: str = "card"  # card | unimo2
@@ -96,6 +101,7 @@ class UNIMOConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     warmup_fraction: float = 0.05
+    lr_schedule: str = "linear"  # card e: linear decay after warm-up (platform "poly", power 1) | cosine
 
     # ------------------------------------------------------------------ derived
     def dims(self) -> tuple[int, int, int, int]:
@@ -127,6 +133,7 @@ class UNIMOConfig:
         need(self.context_length >= 3, f"context_length must be >= 3, got {self.context_length}")
         need(self.cmcl_variant in ("card", "unimo2"), f"cmcl_variant must be 'card' or 'unimo2', got {self.cmcl_variant!r}")
         need(self.similarity == "cosine", f"similarity: only 'cosine' is implemented, got {self.similarity!r}")
+        need(self.lr_schedule in ("linear", "cosine"), f"lr_schedule must be 'linear' or 'cosine', got {self.lr_schedule!r}")
         need(self.pooling in ("cls", "mean"), f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
         need(self.proj_activation in ("relu", "none"), f"proj_activation must be 'relu' or 'none', got {self.proj_activation!r}")
         need(self.mlm_masking in ("span", "token"), f"mlm_masking must be 'span' or 'token', got {self.mlm_masking!r}")

@@ -6,7 +6,10 @@
   substitute for detector regions, card i).
 - `mask_regions`: 15% of the regions plus every region whose IoU with a masked one exceeds
   `overlap_ratio` (card b: `vl_mask_ratio 0.15`, `overlap_ratio 0.4`).
-- `seq2seq_attention_mask`, `pair_attention_mask`: UniLM-style masks (True = may attend).
+- `seq2seq_attention_mask`, `pair_attention_mask`: UniLM-style masks (True = may attend). No
+  training path uses them yet: card b's seq2seq language task (b) is not built (a recorded
+  deviation, config.py), and pairs are encoded with full attention directly (model.py). They are
+  kept, with their tests (card h.7), for when that task is added.
 """
 from __future__ import annotations
 
@@ -75,7 +78,8 @@ def mask_regions(boxes: np.ndarray, rng: np.random.Generator, ratio: float = 0.1
 
 def seq2seq_attention_mask(n_src: int, n_tgt: int) -> torch.Tensor:
     """(n, n) bool, True = row may attend column: the source is bidirectional and never sees the
-    target; target token t sees the whole source and targets <= t (left to right)."""
+    target; target token t sees the whole source and targets <= t (left to right). Not used by any
+    training path yet (the seq2seq task is not built)."""
     n = n_src + n_tgt
     allowed = torch.zeros(n, n, dtype=torch.bool)
     allowed[:, :n_src] = True

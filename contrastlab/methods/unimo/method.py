@@ -10,9 +10,20 @@ are zeros and masked out (a sample without the field gets its stream from its me
 pair, txt only text, jpg only image; so separate pair / text / image shard sets can be mixed by
 weight with `--data 'pairs/*.tar; text/*.tar; images/*.tar' --set data.train_weights=1:1:1`,
 platform/data/mixing.py). So each batch mixes the three streams and each loss is computed on its
-rows only. A side effect: every parameter is used on every step on every rank, which avoids the
-card's DDP unused-parameter gotcha (i). `method.stream_mix` weights the streams' losses relative to
-the pair stream ("1:0:0" switches the unimodal streams off; the samples are then still read).
+rows only. `method.stream_mix` weights the streams' losses relative to the pair stream ("1:0:0"
+switches the unimodal streams off; the samples are then still read).
+
+Multi-worker (card i, "mixed batch types under DDP"): a rank's batch may lack a stream (no pair,
+text-only or image-only rows), so a parameter may be unused on some rank and step (e.g. the MLM
+head when no row has a masked token, the candidate encodings when no pair row has one). Two rules
+keep the workers in step:
+- the CMCL term runs on every rank whenever `weight_cmcl > 0`, even with no local pair rows: its
+  collectives (the in-batch gather of text, image and row mask) are then called by every rank in
+  the same order, forward and backward. With no pair rows it is 0 and still backprops (zero
+  gradients) through the pooled heads, tau and the gathers;
+- the platform's gradient sync (platform/train.py `sync_gradients`) agrees across ranks on which
+  parameters have a gradient and zero-fills the ones this rank lacks, as DDP with
+  `find_unused_parameters=True` does.
 
 One training step, local batch B with pair rows P, text rows T, image rows I:
 
@@ -22,7 +33,10 @@ One training step, local batch B with pair rows P, text rows T, image rows I:
     L       = w_cmcl L_CMCL + w_l (L_mlm_pair + m_t L_mlm_text) + w_v (L_mrm_pair + m_i L_mrm_image)
 
 with (1, m_t, m_i) = `stream_mix` / its pair part. tau is clipped to [0.001, 0.5] before and after
-every optimiser step.
+every optimiser step. Optimiser: AdamW, 5% warm-up then linear decay (card e; `lr_schedule`).
+
+Deviation: the language loss is card b's task (a) only (MLM); the seq2seq task (b) is not built
+(config.py).
 """
 from __future__ import annotations
 
@@ -169,8 +183,10 @@ class UNIMO(nn.Module):
 
     def optimizers(self) -> dict[str, OptimSpec]:
         c = self.cfg
+        # card e: warm-up then linear decay = the platform's poly schedule with power 1; cosine selectable
+        schedule = {"schedule": "poly", "poly_power": 1.0} if c.lr_schedule == "linear" else {"schedule": "cosine"}
         return {"main": OptimSpec(["model"], "adamw", lr=c.lr, weight_decay=c.weight_decay, betas=c.betas, eps=c.eps,
-                                  warmup_fraction=c.warmup_fraction)}
+                                  warmup_fraction=c.warmup_fraction, **schedule)}
 
     @staticmethod
     def search_space(cfg=None) -> dict:
@@ -217,17 +233,43 @@ class UNIMO(nn.Module):
     def _zero(self) -> torch.Tensor:
         return self.temperature * 0.0
 
+    def _zero_through(self, *modules: nn.Module) -> torch.Tensor:
+        """0, connected to the graph through tau and every parameter of `modules` (zero gradients):
+        a term with no rows on this rank still backprops, like the same term on the other ranks."""
+        z = self._zero()
+        for module in modules:
+            for p in module.parameters():
+                z = z + p.sum() * 0.0
+        return z
+
     def cmcl_term(self, batch: dict, pair: torch.Tensor, ctx) -> torch.Tensor:
+        """CMCL over the local pair rows. Called on every rank whatever its pair count (the card
+        variant gathers across ranks), so with no pair row it returns 0 connected to the graph
+        (the encoders are not run on an empty batch: attention rejects one)."""
         c, m = self.cfg, self.model
         b = pair.shape[0]
         rows = pair.nonzero().squeeze(1)
-        img = torch.zeros(b, m.hidden, device=pair.device)
-        txt = torch.zeros(b, m.hidden, device=pair.device)
         if len(rows):
-            img[rows] = m.embed_image(batch["image"][rows]).float()
-            txt[rows] = m.embed_text(batch["text"][rows]).float()
-        if c.cmcl_variant == "unimo2":  # in-batch only; invalid rows are zeros and count as 0 in the mean
-            return unimo2_inbatch_loss(img, txt, self.tau(), pair, c.unimo2_normalize_text)
+            img_p = m.embed_image(batch["image"][rows]).float()
+            txt_p = m.embed_text(batch["text"][rows]).float()
+        else:
+            link = self._zero_through(m.pool_image, m.pool_text)
+        if c.cmcl_variant == "unimo2":
+            # UNIMO-2's in-batch CE on the pair rows only (text-/image-only rows would be zero vectors
+            # acting as extra negatives and would shrink the mean); every row of the slice is valid,
+            # so the mean is over the P pair rows. Local in-batch negatives only: no collective.
+            if not len(rows):
+                return link
+            return unimo2_inbatch_loss(img_p, txt_p, self.tau(), None, c.unimo2_normalize_text)
+        # card variant: full local batch with zero rows for non-pairs (masked out by row_mask), so
+        # every rank gathers the same (B, H) shapes; the anchors must require grad on every rank for
+        # the gather's backward (a collective) to run on every rank.
+        if len(rows):
+            img = img_p.new_zeros(b, m.hidden).index_copy(0, rows, img_p)
+            txt = txt_p.new_zeros(b, m.hidden).index_copy(0, rows, txt_p)
+        else:
+            img = torch.zeros(b, m.hidden, device=pair.device) + link
+            txt = torch.zeros(b, m.hidden, device=pair.device) + link
         pos_mask = batch["pos_text_mask"].bool() & pair[:, None]
         neg_mask = batch["neg_text_mask"].bool() & pair[:, None]
         ret_mask = batch["ret_image_mask"].bool() & pair[:, None]
@@ -257,7 +299,8 @@ class UNIMO(nn.Module):
         logs: dict = {"pair_rows": float(pair.sum())}
         terms: dict[str, torch.Tensor] = {}
         with ctx.autocast():
-            terms["cmcl"] = self.cmcl_term(batch, pair, ctx) if c.weight_cmcl > 0 and pair.any() else self._zero()
+            # on every rank, even without local pair rows: the card variant's gather is a collective
+            terms["cmcl"] = self.cmcl_term(batch, pair, ctx) if c.weight_cmcl > 0 else self._zero()
             if c.pair_masked_modelling and pair.any() and (c.weight_language > 0 or c.weight_visual > 0):
                 rows = pair.nonzero().squeeze(1)
                 ih, th, feats = m.encode_pair_hidden(batch["image"][rows], batch["text_masked"][rows], batch["region_mask"][rows])
