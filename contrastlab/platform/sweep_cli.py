@@ -16,7 +16,7 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per Train worker (fractions allowed; default 0.5)")
     p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Train worker (fractions allowed; default 0)")
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: as many as the cluster's CPUs/GPUs allow)")
-    p.add_argument("--scheduler", default="asha", choices=["asha", "pbt", "fifo"], help="trial scheduler (default asha)")
+    p.add_argument("--scheduler", default="asha", choices=["asha", "fifo"], help="trial scheduler (default asha)")
     p.add_argument("--storage", default=None, help="results root: local dir or cloud URI (default ~/contrastlab_results)")
     p.add_argument("--name", default=None, help="experiment name (default <method>[-smoke]; reuse it with --resume)")
     p.add_argument("--config", default=None, help="YAML file with method/train/data/run sections")

@@ -114,7 +114,7 @@ class StepContext:
     device: torch.device
     rank: int = 0
     world_size: int = 1
-    step: int = 0  # optimiser steps taken (of the "main" optimiser, or the first one)
+    step: int = 0  # training batches taken (= optimiser steps when train.accumulate is 1)
     epoch: int = 0
     phase: str = "main"
     total_steps: int = 1
@@ -129,6 +129,7 @@ class StepContext:
     data_selection: Any = None  # this epoch's DataSelection from method.train_selection (data/selection.py)
     _micro: dict[str, int] = field(default_factory=dict)
     _opt_steps: dict[str, int] = field(default_factory=dict)
+    _scaled_steps: set = field(default_factory=set)  # optimisers stepped through the fp16 scaler since its update
 
     @property
     def is_main(self) -> bool:
@@ -165,6 +166,8 @@ class StepContext:
         accumulate = self.exp.train.accumulate
         scaled = loss / accumulate
         if self.scaler is not None:
+            if name in self._scaled_steps:  # this optimiser steps again in one iteration (n critic steps):
+                self.end_iteration()  # close the last step's update before scaling this loss
             scaled = self.scaler.scale(scaled)
         scaled.backward()
         self._micro[name] = self._micro.get(name, 0) + 1
@@ -182,8 +185,11 @@ class StepContext:
         if hook:
             hook(name, self)
         if self.scaler is not None:
+            # one scaler.update() per training iteration (end_iteration), after every optimiser of the
+            # iteration stepped: updating between C3-GAN's D and G steps would unscale G's accumulated
+            # micro-batches by a scale they were not scaled with
             self.scaler.step(opt)
-            self.scaler.update()
+            self._scaled_steps.add(name)
         else:
             opt.step()
         opt.zero_grad(set_to_none=True)
@@ -194,6 +200,13 @@ class StepContext:
         factor = lr_factor(n, self.total_steps, spec)
         for group, base in zip(opt.param_groups, self.base_lrs[name]):
             group["lr"] = base * factor
+
+    def end_iteration(self) -> None:
+        """The loop calls this after each train_step: update the fp16 loss scale once if any optimiser
+        stepped (PyTorch's rule for several optimisers: step each, then one update())."""
+        if self.scaler is not None and self._scaled_steps:
+            self.scaler.update()
+            self._scaled_steps.clear()
 
     def lr(self, name: str = "main") -> float:
         group = self.optimizers[name].param_groups[0]  # the base lr (groups may carry lr multipliers)
@@ -282,6 +295,23 @@ def broadcast_parameters(method: nn.Module) -> None:
     for name, t in list(method.named_parameters()) + list(method.named_buffers()):
         if name not in skip:
             torch.distributed.broadcast(t.data, src=0)
+
+
+def broadcast_norm_statistics(method: nn.Module) -> None:
+    """Rank 0's BatchNorm running statistics to every rank (per-rank state excepted): DDP's
+    `broadcast_buffers`, done once per epoch before evaluation and the epoch's checkpoint, so every
+    rank evaluates and clusters with the model the checkpoint holds. Only normalisation layers: the
+    methods' own buffers (queues, banks, pseudo-labels) are kept identical by the methods themselves,
+    and a buffer whose shape differed between ranks would make a broadcast hang."""
+    if not dist_utils.is_distributed():
+        return
+    skip = set(per_rank_keys(method))
+    for prefix, module in method.named_modules():
+        if not isinstance(module, nn.modules.batchnorm._NormBase):
+            continue
+        for name, t in module.named_buffers(recurse=False):
+            if t is not None and f"{prefix}.{name}".lstrip(".") not in skip:
+                torch.distributed.broadcast(t.data, src=0)
 
 
 def local_per_rank_state(method: nn.Module) -> dict:
@@ -426,7 +456,9 @@ def restore_context(ctx: StepContext, state: dict) -> tuple[int, int]:
         o.load_state_dict(state["optimizers"][n])
     if ctx.scaler is not None and state["scaler"]:
         ctx.scaler.load_state_dict(state["scaler"])
-    ctx._opt_steps, ctx._micro = dict(state["opt_steps"]), dict(state["micro"])
+    # gradients of a half-done accumulation are not in the checkpoint: start a fresh one, so the
+    # first step after a resume sums train.accumulate micro-batches, not only the ones left
+    ctx._opt_steps, ctx._micro = dict(state["opt_steps"]), {}
     ctx.step, ctx.phase = state["step"], state["phase"]
     if ctx.rank < len(state["rng"]):
         set_rng_state(state["rng"][ctx.rank])
@@ -487,6 +519,7 @@ def run_epochs(ctx: StepContext, batches: Callable, report: Callable, *, start_e
             if step_in_epoch <= skip_steps:
                 continue  # mid-epoch resume: these steps were done before the stop
             logs = method.train_step(batch, ctx)
+            ctx.end_iteration()
             ctx.check_finite({k: v for k, v in logs.items() if k.startswith("loss")})
             ctx.step += 1
             if hasattr(method, "after_step"):
@@ -500,7 +533,12 @@ def run_epochs(ctx: StepContext, batches: Callable, report: Callable, *, start_e
                 ctx.log({**{k: float(v) for k, v in logs.items()}, "lr": ctx.lr(first_opt),
                          "samples_per_s_per_worker": samples / max(now - t0, 1e-9)})
             if ck_every and ctx.step % ck_every == 0:
-                report({**last_metrics, "epoch": epoch + step_in_epoch / steps_per_epoch, "step": ctx.step}, epoch, step_in_epoch)
+                # Mid-epoch reports carry the last evaluation (epoch `epoch`'s), so their time stays below
+                # epoch + 1 even when the driver's steps_per_epoch estimate is short: at epoch + 1 ASHA
+                # would file that old score at the next rung, and stop the trial at max_t before its
+                # final evaluation.
+                fraction = min(step_in_epoch / steps_per_epoch, 0.999)
+                report({**last_metrics, "epoch": epoch + fraction, "step": ctx.step}, epoch, step_in_epoch)
             if t_cfg.max_steps_per_epoch and step_in_epoch >= t_cfg.max_steps_per_epoch:
                 break
         skip_steps = 0
@@ -511,6 +549,7 @@ def run_epochs(ctx: StepContext, batches: Callable, report: Callable, *, start_e
         elapsed = time.perf_counter() - t0
         if hasattr(method, "on_epoch_end"):
             method.on_epoch_end(ctx)
+        broadcast_norm_statistics(method)  # each rank's BN statistics followed its own batches: rank 0's, as DDP
         metrics = {f"train_{k}": v / max(1, n_logged) for k, v in sums.items()}
         metrics.update({
             "epoch": epoch + 1, "step": ctx.step, "phase": ctx.phase,

@@ -3,7 +3,7 @@
 
 - Search space: the method's `search_space()` (keys `section.field`), applied as config overrides.
 - Scheduler: ASHA on the method's evaluation metric, `time_attr="epoch"` (the epoch the Train loop
-  reports, fractional for mid-epoch checkpoints); PBT selectable (`--scheduler pbt`), FIFO for plain grids.
+  reports, fractional for mid-epoch checkpoints); FIFO for plain grids. No PBT (see build_scheduler).
   Not Tune's `training_iteration`: that counts reports, so mid-epoch checkpoints inflate it, and it
   starts again at 1 when Tune restarts a trial (say after losing its node) whose Train run then
   resumes at a later epoch from its own checkpoint.
@@ -66,18 +66,21 @@ def _nonfinite_reason(exc: BaseException) -> str | None:
 
 
 def build_scheduler(kind: str, metric: str, mode: str, max_t: int, search_space: dict):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if kind == "asha":
         return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=1, reduction_factor=2)
-    if kind == "pbt":
-        mutations = {k: v for k, v in search_space.items() if hasattr(v, "sample")}
-        # require_attrs=False: the one result without "epoch" is a trial's final non-finite-loss stop report
-        return PopulationBasedTraining(time_attr="epoch", perturbation_interval=1, hyperparam_mutations=mutations,
-                                       require_attrs=False)
     if kind == "fifo":
         return FIFOScheduler()
-    raise ValueError(f"unknown scheduler {kind!r}: use asha, pbt or fifo")
+    if kind == "pbt":
+        # PBT exploits by cloning a better trial's Tune checkpoint into a worse one, with mutated
+        # hyperparameters. A trial here is a Train run that checkpoints and resumes itself (named by
+        # trial id, refusing a changed config on resume), so PBT's exploit step never had a checkpoint
+        # to clone and the sweep was random search in disguise (found in session 19). Refused rather
+        # than left silently inert.
+        raise ValueError("scheduler 'pbt' is not supported: a trial's Train run keeps its own checkpoints, which "
+                         "PBT cannot clone between trials; use asha (early stopping) or fifo")
+    raise ValueError(f"unknown scheduler {kind!r}: use asha or fifo")
 
 
 def run_sweep(

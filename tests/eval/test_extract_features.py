@@ -67,3 +67,44 @@ def test_two_ray_train_workers_gather_everything_in_index_order(ray_cluster, tmp
     assert per_rank[0]["idx"] == list(range(n))
     assert per_rank[0]["feats"] == [float(((i * 7) % n) * 10) for i in range(n)]
     assert per_rank[0]["label"] == [i % 3 for i in range(n)]
+
+
+def test_fn_must_return_one_row_per_sample():
+    batches = [{"index": torch.tensor([0, 1]), "x": torch.tensor([[0.0], [1.0]])}]
+    # a multi-crop fn stacking two views as rows would silently misassign features
+    with pytest.raises(ValueError, match=r"batch has 2 samples.*shape \(4, 1\)"):
+        extract_features(batches, lambda b: torch.cat([b["x"], b["x"]], dim=0))
+    idx, feats, _ = extract_features(batches, lambda b: torch.cat([b["x"], b["x"]], dim=1))  # views side by side: fine
+    assert feats.shape == (2, 2)
+
+
+def test_every_column_must_have_the_batch_length():
+    batches = [{"index": torch.tensor([0, 1]), "x": torch.zeros(2, 1), "label": torch.tensor([0, 1, 2])}]
+    with pytest.raises(ValueError, match="column 'label' has 3 entries but the batch has 2"):
+        extract_features(batches, lambda b: b["x"])
+    partial = [{"index": torch.tensor([0]), "x": torch.zeros(1, 1), "label": torch.tensor([0])},
+               {"index": torch.tensor([1]), "x": torch.zeros(1, 1)}]
+    with pytest.raises(ValueError, match="column 'label' is missing from some batches"):
+        extract_features(partial, lambda b: b["x"])
+
+
+def test_shared_index_with_different_samples_raises():
+    # two sources converted separately, both starting their index at 0: index 0 and 1 collide
+    batches = [{"index": torch.tensor([0, 1]), "x": torch.tensor([[1.0], [2.0]]), "label": torch.tensor([0, 0])},
+               {"index": torch.tensor([0, 1, 2]), "x": torch.tensor([[5.0], [2.0], [7.0]]), "label": torch.tensor([3, 0, 3])}]
+    with pytest.raises(ValueError, match=r"unique across the extracted split: 1 index value.*features.*'label'.*e\.g\. index 0.*restart"):
+        extract_features(batches, lambda b: b["x"])
+    # same features, a different column value: still two samples
+    batches[1]["x"] = torch.tensor([[1.0], [2.0], [7.0]])
+    batches[1]["label"] = torch.tensor([3, 4, 3])
+    with pytest.raises(ValueError, match=r"2 index value.*'label'"):
+        extract_features(batches, lambda b: b["x"])
+
+
+def test_identical_duplicates_are_merged_up_to_float_rounding():
+    batches = [{"index": torch.tensor([1, 0]), "x": torch.tensor([[1.0, 3.0], [0.0, 0.0]]), "label": torch.tensor([10, 0])},
+               {"index": torch.tensor([1]), "x": torch.tensor([[1.0 + 1e-6, 3.0]]), "label": torch.tensor([10])}]
+    idx, feats, cols = extract_features(batches, lambda b: b["x"])
+    np.testing.assert_array_equal(idx, [0, 1])
+    np.testing.assert_array_equal(feats, [[0, 0], [1, 3]])  # the first occurrence is kept
+    np.testing.assert_array_equal(cols["label"], [0, 10])

@@ -1,6 +1,9 @@
-"""`sync_gradients` with ranks that used different parameters (DDP's find_unused_parameters semantics),
-on 2 real gloo processes (no Ray): no hang, identical averaged grads on both ranks (a grad missing on
-one rank counts as zero), and a parameter unused on every rank keeps grad None."""
+"""The loop's collectives on 2 real gloo processes (no Ray).
+
+`sync_gradients` with ranks that used different parameters (DDP's find_unused_parameters semantics):
+no hang, identical averaged grads on both ranks (a grad missing on one rank counts as zero), and a
+parameter unused on every rank keeps grad None. `broadcast_norm_statistics`: rank 0's BatchNorm
+running statistics on every rank; other buffers (even of different shapes per rank) untouched."""
 import datetime
 import os
 import time
@@ -11,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from contrastlab.platform.train import sync_gradients
+from contrastlab.platform.train import broadcast_norm_statistics, sync_gradients
 
 WORLD = 2
 DEADLINE_S = 240  # the whole 2-process run; a collective mismatch would otherwise hang forever
@@ -47,7 +50,22 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     sync_gradients(params, WORLD)  # a second sync (now with every used grad present) keeps the average
     torch.save({n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()},
                os.path.join(out_dir, f"{rank}.pt"))
+    bn = _bn_model(rank)
+    bn(torch.randn(16, 3, generator=torch.Generator().manual_seed(rank)) * (rank + 1) + rank)  # own batch statistics
+    torch.save({"before": _buffers(bn)}, os.path.join(out_dir, f"bn{rank}-before.pt"))
+    broadcast_norm_statistics(bn)
+    torch.save({"after": _buffers(bn)}, os.path.join(out_dir, f"bn{rank}.pt"))
     dist.destroy_process_group()
+
+
+def _bn_model(rank: int) -> nn.Module:
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    model.register_buffer("bank", torch.full((rank + 1,), float(rank)))  # a method's own buffer: shape per rank
+    return model
+
+
+def _buffers(model: nn.Module) -> dict:
+    return {n: b.clone() for n, b in model.named_buffers()}
 
 
 def _expected() -> dict:
@@ -93,6 +111,15 @@ def test_ranks_with_different_used_params_sync_to_identical_averaged_grads(tmp_p
     assert r0["f64.weight"].dtype == torch.float64
     # a grad that only one rank had is that rank's grad / world size on both ranks
     torch.testing.assert_close(r1["only0.bias"], torch.full((5,), 2 * 2 / WORLD))
+
+
+    # BatchNorm statistics: rank 0's on both ranks after the broadcast; the bank left as each rank had it
+    b0, b1 = (torch.load(tmp_path / f"bn{r}-before.pt")["before"] for r in range(WORLD))
+    a0, a1 = (torch.load(tmp_path / f"bn{r}.pt")["after"] for r in range(WORLD))
+    assert not torch.equal(b0["1.running_mean"], b1["1.running_mean"])  # the ranks had drifted apart
+    for name in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.equal(a1[name], b0[name]) and torch.equal(a0[name], b0[name]), name
+    assert torch.equal(a0["bank"], b0["bank"]) and torch.equal(a1["bank"], b1["bank"])
 
 
 def test_single_worker_sync_is_a_no_op_and_keeps_none_grads():

@@ -3,6 +3,7 @@ reports, not Tune's `training_iteration` (which counts reports and restarts at 1
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
 from ray import tune
 
@@ -35,4 +36,6 @@ def test_no_results_gives_none():
 
 def test_schedulers_run_on_the_reported_epoch():
     assert build_scheduler("asha", "acc", "max", 3, {})._time_attr == "epoch"
-    assert build_scheduler("pbt", "acc", "max", 3, {"method.lr": tune.loguniform(1e-4, 1e-2)})._time_attr == "epoch"
+    assert build_scheduler("fifo", "acc", "max", 3, {}) is not None
+    with pytest.raises(ValueError, match="'pbt' is not supported.*use asha"):
+        build_scheduler("pbt", "acc", "max", 3, {"method.lr": tune.loguniform(1e-4, 1e-2)})

@@ -498,13 +498,14 @@ class UCR(nn.Module):
 
     def reid_metrics(self, ctx) -> dict[str, float]:
         """mAP / CMC per eval domain (EMA, unit features, squared Euclidean), seen/unseen averages."""
-        from contrastlab.platform.eval.reid import reid_evaluate
+        from contrastlab.platform.eval import check_finite, reid_evaluate
 
         was_training = self.ema.training
         self.ema.eval()
         _, feats, cols = ctx.extract("eval", lambda b: self.ema(normalize_batch(b["image"])))
         self.ema.train(was_training)
         names = list(ctx.meta.get("domain_names", []))
+        check_finite(feats, "UCR's EMA eval features")  # below, a ValueError only means "no valid query"
         out: dict[str, float] = {}
         maps = {}
         for d in np.unique(cols["domain"]):

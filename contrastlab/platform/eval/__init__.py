@@ -12,6 +12,7 @@ the features' device in float32) and returns python floats, numpy arrays or dict
 - TensorBoard: `export_embeddings`
 - distributed: `extract_features` (run a model over every Train worker's part of a split, gathered in index order)
 """
+from ._arrays import check_finite
 from .clustering import ari, clustering_accuracy, contingency_table, nmi
 from .embeddings import export_embeddings
 from .features import extract_features
@@ -29,6 +30,7 @@ __all__ = [
     "ari",
     "average_prompt_embeddings",
     "cam_to_mask",
+    "check_finite",
     "clustering_accuracy",
     "contingency_table",
     "export_embeddings",

@@ -30,7 +30,8 @@ def knn_predict(
     Memory: test rows are processed `chunk_size` at a time, so besides the normalised features
     the peak is one (chunk_size, N_train) float32 similarity block. Which of several equally similar
     rows at the k-th place is kept is up to `torch.topk`. Runs on `device` (default: the device
-    of `train_feats` if it is a tensor, else the CPU).
+    of `train_feats` if it is a tensor, else the CPU). Non-finite (NaN/inf) features raise ValueError
+    (one NaN training row would make every vote NaN and every prediction the first class).
     """
     if k < 1:
         raise ValueError("k must be >= 1")

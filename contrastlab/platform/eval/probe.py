@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._arrays import to_labels, to_numpy
+from ._arrays import check_finite, to_labels, to_numpy
 
 # Inverse regularisation strengths tried, one per decade over [1e-6, 1e6]: the range CLIP and
 # DeCLIP search (they use 96 log-spaced values there; pass np.logspace(-6, 6, 96) for that).
@@ -60,7 +60,7 @@ def linear_probe(
     that way on a loaded 2-core box). None leaves the libraries' defaults.
 
     Returns {"accuracy", "best_C", "val_accuracy", "val_curve": [(C, val_acc), ...],
-    "unconverged_fits": number of fits that hit max_iter}.
+    "unconverged_fits": number of fits that hit max_iter}. Non-finite (NaN/inf) features raise ValueError.
     """
     if threads is not None:
         from threadpoolctl import threadpool_limits
@@ -73,6 +73,8 @@ def linear_probe(
     y_train, y_test = to_labels(train_labels, "train_labels"), to_labels(test_labels, "test_labels")
     if x_train.ndim != 2 or x_test.ndim != 2:
         raise ValueError("features must be 2-D (N, D)")
+    check_finite(x_train, "train_feats")
+    check_finite(x_test, "test_feats")
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
         raise ValueError("features and labels differ in length")
     if not 0 < val_fraction < 1:

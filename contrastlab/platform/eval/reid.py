@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import to_labels, to_numpy
+from ._arrays import check_finite, to_labels, to_numpy
 
 
 def reid_evaluate(
@@ -25,8 +25,13 @@ def reid_evaluate(
       AP = (1/m) sum_i i / (p_i + 1)   (non-interpolated; precision at each true match),
       CMC_q[r] = 1 if p_1 <= r else 0, for r = 0 .. max_rank-1 (rank-(r+1) accuracy).
     A query with no true match left (m = 0) is skipped and counted in `num_skipped_queries`;
-    mAP and CMC average over the other ("valid") queries. Junk gallery images (Market's pid -1
-    or 0 distractors) are the caller's choice: drop them before calling if the protocol says so.
+    mAP and CMC average over the other ("valid") queries. AP is the non-interpolated form (mean of
+    the precisions at the true matches, as torchreid and open-reid compute it), not the trapezoidal
+    one of Market-1501's official compute_AP.m, which gives slightly different values.
+    No pid is treated specially: every entry is either a true match or a negative. Under the
+    Market-1501 protocol, junk gallery images (pid -1) must be dropped by the caller before calling
+    (as torchreid's loader does), while distractors (pid 0) stay in the gallery as negatives.
+    NaN/inf distances raise ValueError (the model diverged; NaN would sort last and rank by index).
 
     Returns {"mAP", "cmc" (np.ndarray of length max_rank), "rank1", "rank5", "rank10"
     (those <= max_rank), "num_valid_queries", "num_skipped_queries"}.
@@ -37,6 +42,7 @@ def reid_evaluate(
     q_cams, g_cams = to_labels(q_cams, "q_cams"), to_labels(g_cams, "g_cams")
     if dist.ndim != 2 or dist.shape != (len(q_pids), len(g_pids)):
         raise ValueError(f"distmat shape {dist.shape} does not match {len(q_pids)} queries x {len(g_pids)} gallery")
+    check_finite(dist, "distmat")
     if len(q_cams) != len(q_pids) or len(g_cams) != len(g_pids):
         raise ValueError("camera ids and person ids differ in length")
     if max_rank < 1:

@@ -6,8 +6,9 @@ are equal; in a caption's ranking of images, likewise by image index. So
 
     rank of caption j for image i = #{j': s_ij' > s_ij} + #{j' < j: s_ij' = s_ij}
 
-(0-based) and similarly for images. The rule is deterministic and does not depend on
-`chunk_size` (scores that are bitwise equal count as ties).
+(0-based) and similarly for images. The rule is deterministic and, up to float32 rounding, does
+not depend on `chunk_size` (scores that are bitwise equal count as ties; another chunk size may
+round a score differently in the matmul and so make or break a near-tie).
 
 Algorithm (one pass over blocks of `chunk_size` images, the only O(N^2) work is the matmul):
 - i2t: an image hits at k if its best caption (highest score, then lowest index) has rank < k.
@@ -69,6 +70,7 @@ def retrieval_recall(
     i2t_r{k}: fraction of images with at least one of their captions among their k best-scored
     captions; images without any caption are left out of this average. t2i_r{k}: fraction of
     captions whose image is among their k best-scored images. Ties: see the module docstring.
+    Non-finite (NaN/inf) features raise ValueError.
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:

@@ -35,8 +35,10 @@ def miou(confusion: Any, count_absent_as_zero: bool = False) -> dict[str, Any]:
     T_c = row sum (target pixels of c), P_c = column sum (pixels predicted c), TP_c = M[c, c].
     A class absent from both target and prediction (T_c + P_c = 0) has IoU nan and is left out
     of the mean; a class predicted but absent from the target has IoU 0 and counts.
-    `count_absent_as_zero=True` instead averages over all C classes with absent ones as 0 (the
-    official VOC/PSA evaluation code, which divides by TP/(T+P-TP+1e-10) for every class).
+    `count_absent_as_zero=True` instead averages over all C classes with absent ones as 0: the
+    convention of PSA's evaluation code (and WSSS code derived from it), which computes
+    TP/(T+P-TP+1e-10) for every class. The official VOC devkit (VOCevalseg.m) has no epsilon: an
+    absent class gives 0/0 = NaN there.
     Returns {"miou", "iou" (np.ndarray, C), "pixel_accuracy"}.
     """
     m = to_numpy(confusion).astype(np.float64)
@@ -57,6 +59,10 @@ def miou(confusion: Any, count_absent_as_zero: bool = False) -> dict[str, Any]:
 def _foreground_best(cams: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Best present-class score and its mask id (class c -> c + 1), over axis -3 of (..., C_fg, H, W)."""
     present = labels.astype(bool)[..., :, None, None]
+    bad = present & ~np.isfinite(cams)
+    if bad.any():  # NaN never beats the threshold: a diverged model would yield all-background seeds
+        raise ValueError(f"cams have {int(bad.sum())} non-finite values (NaN/inf) in classes present in the image: "
+                         f"the model diverged or overflowed in evaluation")
     scores = np.where(present, cams, -np.inf)  # absent classes can never win
     return scores.max(axis=-3), scores.argmax(axis=-3) + 1
 
@@ -75,7 +81,8 @@ def cam_to_mask(cams: Any, labels: Any, bg_threshold: float) -> np.ndarray:
     background gets the constant score `bg_threshold`, and mask = arg-max over
     [bg, fg_1, ..., fg_C] with 0 = background and foreground class c -> c + 1. Ties go to the
     first entry (numpy arg-max, as in SEAM/PSA): a pixel is background iff every present-class
-    score is <= bg_threshold. Returns int64 (N, H, W) or (H, W).
+    score is <= bg_threshold. Returns int64 (N, H, W) or (H, W). NaN/inf scores of present classes
+    raise ValueError (those of absent classes are ignored).
     """
     c, lab = to_numpy(cams), to_numpy(labels)
     _check_cam_shapes(c, lab)

@@ -41,8 +41,12 @@ def zero_shot_topk(
 
     Rank of the true class y of an image = #{c: s_c > s_y} + #{c < y: s_c = s_y}: equal scores
     are ordered by class index, so top-1 equals the arg-max with ties going to the smallest index.
-    k larger than the number of classes is clipped (the image always hits).
+    k larger than the number of classes is clipped (the image always hits); k < 1 raises ValueError.
+    Non-finite (NaN/inf) features raise ValueError.
     """
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
     device = default_device(image_feats)
     img = normalized_features(image_feats, device, "image_feats")
     txt = normalized_features(class_text_feats, device, "class_text_feats")

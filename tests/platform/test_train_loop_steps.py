@@ -1,0 +1,105 @@
+"""The epoch loop's reports and the fp16 loss scale with several optimisers (no Ray: `run_epochs` and
+`StepContext` in-process, as every backend uses them)."""
+import torch
+from torch import nn
+
+from contrastlab.methods.base import OptimSpec
+from contrastlab.platform.config import build_experiment
+from contrastlab.platform.train import build_context, run_epochs
+
+
+class CountingMethod(nn.Module):
+    """One linear layer; evaluate() returns how many epochs had been trained when it ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(2, 1)
+        self.epochs_done = 0
+
+    def trainable(self):
+        return {"layer": self.layer}
+
+    def optimizers(self):
+        return {"main": OptimSpec(["layer"], "sgd", lr=0.0, schedule="constant")}
+
+    def train_step(self, batch, ctx):
+        loss = self.layer(batch["x"]).sum()
+        ctx.optimize(loss, "main")
+        return {"loss": float(loss.detach())}
+
+    def on_epoch_end(self, ctx):
+        self.epochs_done += 1
+
+    def evaluate(self, eval_fn, ctx):
+        return {"acc": float(self.epochs_done)}
+
+
+def test_mid_epoch_reports_stay_below_the_next_epoch():
+    """ASHA reads `epoch` as time: a mid-epoch report carries the previous epoch's evaluation, so it
+    must never claim epoch e + 1 (not even at an epoch's last batch, or when the driver's estimate of
+    steps per epoch is short), or that old score lands on the next rung and max_t stops the trial."""
+    exp = build_experiment("clip", sets=["train.epochs=3", "train.checkpoint_every_steps=2", "train.batch_size=4"])
+    method = CountingMethod()
+    estimate = 2  # the driver's estimate; the epochs below have 4 batches
+    ctx = build_context(exp, method, device=torch.device("cpu"), steps_per_epoch=estimate)
+    data = [{"x": torch.ones(4, 2)} for _ in range(4)]
+    reports = []
+    run_epochs(ctx, lambda split, **kw: iter(data if split == "train" else []),
+               lambda metrics, epoch_done, step_in_epoch, with_checkpoint=True: reports.append(dict(metrics)))
+    whole = [r for r in reports if r["epoch"] == int(r["epoch"])]
+    assert [(r["epoch"], r["acc"]) for r in whole] == [(1, 1.0), (2, 2.0), (3, 3.0)]  # every whole epoch: its own score
+    mid = [r for r in reports if r["epoch"] != int(r["epoch"])]
+    assert len(mid) == 6  # checkpoints at batches 2 and 4 of each epoch
+    for r in mid:
+        assert r.get("acc", 0.0) <= int(r["epoch"])  # an older evaluation ...
+        assert int(r["epoch"]) < r["epoch"] < int(r["epoch"]) + 1  # ... at a time short of the next epoch
+
+
+class TwoOptimisers(nn.Module):
+    """C3-GAN's pattern: two optimisers stepped one after the other in each train_step."""
+
+    def __init__(self):
+        super().__init__()
+        self.d, self.g = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)
+        nn.init.ones_(self.d.weight)
+        nn.init.ones_(self.g.weight)
+
+    def trainable(self):
+        return {"d": self.d, "g": self.g}
+
+    def optimizers(self):
+        return {n: OptimSpec([n], "sgd", lr=1.0, momentum=0.0, schedule="constant") for n in ("d", "g")}
+
+
+def test_fp16_scale_is_updated_once_per_iteration_with_two_optimisers():
+    """With accumulation, G's micro-batches must be unscaled by the scale they were scaled with: an
+    update() between D's and G's steps (when D's step grows the scale) gave G 0.75x its gradient."""
+    exp = build_experiment("clip", sets=["train.accumulate=2"])
+    model = TwoOptimisers()
+    ctx = build_context(exp, model, device=torch.device("cpu"))
+    ctx.scaler = torch.amp.GradScaler("cpu", init_scale=4.0, growth_interval=1)  # grows at every update
+    x = torch.ones(1, 1)
+    for _ in range(2):  # two iterations of (D step, G step): the second one steps both
+        ctx.optimize(0.5 * model.d(x).sum(), "d")  # d loss / d w = 0.5 per micro-batch
+        ctx.optimize(0.5 * model.g(x).sum(), "g")
+        ctx.end_iteration()
+    # each weight: 1 - lr * (0.5 / 2 + 0.5 / 2) = 0.5 (two micro-batches of gradient 0.5, averaged).
+    # Updating the scale (4 -> 8) between D's step and G's backward gave G (4 + 8) / 8 / 4 = 0.375: 0.625
+    assert model.d.weight.item() == 0.5
+    assert model.g.weight.item() == 0.5
+    assert ctx.scaler.get_scale() == 8.0  # one growth for the one iteration that stepped
+
+
+def test_an_optimiser_stepped_twice_in_one_iteration_gets_its_own_update():
+    """A method that steps the same optimiser twice in one train_step (n critic steps) must not hit
+    GradScaler's "unscale_() already called": the second step first closes the first one's update."""
+    exp = build_experiment("clip", sets=[])
+    model = TwoOptimisers()
+    ctx = build_context(exp, model, device=torch.device("cpu"))
+    ctx.scaler = torch.amp.GradScaler("cpu", init_scale=4.0, growth_interval=1)
+    x = torch.ones(1, 1)
+    ctx.optimize(model.d(x).sum(), "d")
+    ctx.optimize(model.d(x).sum(), "d")
+    ctx.end_iteration()
+    assert model.d.weight.item() == -1.0  # two SGD steps of gradient 1
+    assert ctx.scaler.get_scale() == 16.0
