@@ -244,6 +244,14 @@ class FAME(nn.Module):
 
     # ---- evaluation
     @torch.no_grad()
+    def _per_clip_features(self, clips_uint8: torch.Tensor, imagenet_norm: bool = False) -> torch.Tensor:
+        """(B, n, 3, T, H, W) uint8 -> (B, n, D) pooled backbone features of each clip."""
+        b, n = clips_uint8.shape[:2]
+        x = uint8_clips_to_float(clips_uint8.flatten(0, 1))
+        x = normalize_clips(x, IMAGENET_MEAN, IMAGENET_STD) if imagenet_norm else normalize_clips(x)
+        return self.encoder_q.features(x).float().view(b, n, -1)
+
+    @torch.no_grad()
     def clip_features(self, clips_uint8: torch.Tensor, retrieval: bool = False) -> torch.Tensor:
         """(B, n, 3, T, H, W) uint8 -> (B, D) video features from the pooled backbone output of its n clips.
 
@@ -253,14 +261,9 @@ class FAME(nn.Module):
         so a clip with a large activation norm cannot dominate the video feature; input statistics per
         `retrieval_imagenet_norm`. Centring and the final normalisation happen in `class_retrieval_recall`.
         """
-        b, n = clips_uint8.shape[:2]
-        x = uint8_clips_to_float(clips_uint8.flatten(0, 1))
-        if retrieval and self.cfg.retrieval_imagenet_norm:
-            x = normalize_clips(x, IMAGENET_MEAN, IMAGENET_STD)
-        else:
-            x = normalize_clips(x)
-        per_clip = self.encoder_q.features(x).float().view(b, n, -1)
-        return mean_of_unit_features(per_clip) if retrieval else per_clip.mean(dim=1)
+        if retrieval:
+            return mean_of_unit_features(self._per_clip_features(clips_uint8, self.cfg.retrieval_imagenet_norm))
+        return self._per_clip_features(clips_uint8).mean(dim=1)
 
     @torch.no_grad()
     def eval_features(self, clips_uint8: torch.Tensor) -> torch.Tensor:
@@ -268,8 +271,7 @@ class FAME(nn.Module):
         retrieval uses the ImageNet statistics."""
         if self.cfg.retrieval_imagenet_norm:
             return torch.cat([self.clip_features(clips_uint8), self.clip_features(clips_uint8, retrieval=True)], dim=1)
-        b, n = clips_uint8.shape[:2]
-        per_clip = self.encoder_q.features(normalize_clips(uint8_clips_to_float(clips_uint8.flatten(0, 1)))).float().view(b, n, -1)
+        per_clip = self._per_clip_features(clips_uint8)
         return torch.cat([per_clip.mean(dim=1), mean_of_unit_features(per_clip)], dim=1)
 
     @torch.no_grad()
