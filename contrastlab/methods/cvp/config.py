@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contrastlab.methods.cvp.bands import SCHEMES
+from contrastlab.methods.cvp.model import conv2d_out_size
 from contrastlab.methods.cvp.svm import SVM_MODES
 
 FEATURES = ("hidden", "logits", "softmax", "views")
@@ -63,8 +64,8 @@ class CVPConfig:
         if self.patch_size % 2 == 0:
             raise ValueError(f"method.patch_size must be odd (centre pixel), got {self.patch_size}")
         # the 3-D convs take w -> w-6, the 3x3 Conv2d -> w - 8 + 2*padding; at least a 1x1 map must remain
-        min_w = 9 - 2 * self.predictor_conv2d_padding
-        if self.patch_size < min_w:
+        if conv2d_out_size(self.patch_size, self.predictor_conv2d_padding) < 1:
+            min_w = 9 - 2 * self.predictor_conv2d_padding
             raise ValueError(f"method.patch_size={self.patch_size} is too small for method.predictor_conv2d_padding="
                              f"{self.predictor_conv2d_padding}: the stage-1 predictor needs patch_size >= {min_w} "
                              f"(>= 9 with the card's unpadded Conv2d, >= 7 with padding 1); raise method.patch_size "

@@ -395,11 +395,7 @@ class UCR(nn.Module):
 
     def on_phase_end(self, ctx) -> None:
         if self._is_source(ctx.phase):
-            # Already done by on_epoch_end at the phase's last epoch. Repeating it here is a no-op:
-            # online does not change between the two calls, or after a resume from the checkpoint
-            # taken at that epoch's end. It keeps the invariant for any driver that skips on_epoch_end.
-            self._sync_ema_to_online()
-            return
+            return  # EMA <- online happened in on_epoch_end of the phase's last epoch (and is in its checkpoint)
         if not self.cfg.rehearsal:
             return
         self._append_buffer()
