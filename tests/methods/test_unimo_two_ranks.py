@@ -3,13 +3,12 @@ still run the CMCL gathers (forward and backward) and the platform's gradient sy
 (no collective mismatch / hang) with identical averaged gradients on both ranks."""
 import datetime
 import os
-import time
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from two_ranks import run_ranks
 
 DEADLINE_S = 300
 
@@ -54,17 +53,7 @@ def _worker(rank: int, init_file: str, out_dir: str, variant: str) -> None:
 @pytest.mark.slow  # spawns two python processes (~15 s idle, longer on the loaded shared machine)
 @pytest.mark.parametrize("variant", ["card", "unimo2"])
 def test_rank_without_pair_rows_does_not_hang_and_grads_agree(tmp_path, variant):
-    ctx = mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path), variant), nprocs=2, start_method="spawn",
-                             join=False)
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail(f"2-rank UNIMO step did not finish within {DEADLINE_S} s (collective mismatch / hang)")
-    finally:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.kill()
+    run_ranks(_worker, (str(tmp_path / "init"), str(tmp_path), variant), "2-rank UNIMO step", DEADLINE_S)
     r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
     assert r0["pairs"] > 0 and r1["pairs"] == 0
     assert r1["logs"]["loss_cmcl"] == 0.0 and np.isfinite(r0["logs"]["loss_cmcl"]) and r0["logs"]["loss_cmcl"] > 0

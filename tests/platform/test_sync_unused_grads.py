@@ -6,15 +6,14 @@ parameter unused on every rank keeps grad None. `broadcast_norm_statistics`: ran
 running statistics on every rank; other buffers (even of different shapes per rank) untouched."""
 import datetime
 import os
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from contrastlab.platform.train import broadcast_norm_statistics, sync_gradients
+from two_ranks import run_ranks
 
 WORLD = 2
 DEADLINE_S = 240  # the whole 2-process run; a collective mismatch would otherwise hang forever
@@ -83,17 +82,7 @@ def _expected() -> dict:
 
 
 def _run_two_ranks(tmp_path) -> None:
-    ctx = mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, start_method="spawn",
-                             join=False)
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail(f"2-rank gradient sync did not finish within {DEADLINE_S} s (collective mismatch / hang)")
-    finally:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.kill()
+    run_ranks(_worker, (str(tmp_path / "init"), str(tmp_path)), "2-rank gradient sync", DEADLINE_S, WORLD)
 
 
 @pytest.mark.slow  # spawns two python processes (~10 s idle, longer on the loaded shared machine)
