@@ -5,7 +5,9 @@ Arms (each seed uses the same per-class draws of labelled pixels for every arm):
   pca    - SVM on PCA-15 of those spectra (PCA fitted on every pixel's spectrum, no labels)
   views  - SVM on CVP stage-1 views [v1; v2] (ablation of stage 2; read from the same CVP run)
   cvp    - SVM on CVP stage-2 features (method.features, default the penultimate activations)
-CVP runs with the card's §g small-scale settings (CVP.SMALL_SCALE) through run_local (no Ray).
+CVP runs with the card's §g small-scale settings (CVP.SMALL_SCALE) through run_local (no Ray): batches of
+256 (stage 2), which stage 1 splits into method.predict_batch_size = 128 (one Adam step per chunk). Before
+session 20 both stages ran at 128 (`--set train.batch_size=128 --set method.predict_batch_size=0`).
 
     python benchmarks/cvp_comparison.py --out cvp_comparison.json --seeds 0 1 2            # card §g scale
     python benchmarks/cvp_comparison.py --out /tmp/cvp_quick.json --seeds 0 --quick        # minutes on 2 cores
@@ -74,7 +76,7 @@ def main(argv=None) -> dict:
     else:
         data = {"size": 64, "n_bands": 64}  # card §g: 4,096 px, 64 bands
         sets = dict(SMALL_SCALE)
-    sets.update({"method.n_bands": data["n_bands"], "train.batch_size": 128,
+    sets.update({"method.n_bands": data["n_bands"], "train.batch_size": 256, "method.predict_batch_size": 128,
                  "train.epochs": sets["method.predict_epochs"] + sets["method.contrast_epochs"],
                  "method.eval_labels_per_class": args.labels_per_class, "method.eval_draws": args.draws,
                  "train.eval_every_epochs": sets["method.predict_epochs"] + sets["method.contrast_epochs"],

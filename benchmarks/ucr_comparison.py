@@ -1,7 +1,8 @@
 """UCR vs sequential fine-tuning (no rehearsal) on synthetic-reid, same budget (card g), to JSON.
 
     # full: default synthetic-reid (source d0 + seen d1-d3 + unseen u1-u2, 60 train ids x 8 images per
-    # domain), 2 source epochs + 6 epochs per domain, 32 new-domain images per step, 3 seeds x 2 arms
+    # domain), 2 source epochs + 6 epochs per domain of 40 iterations (method.iters_per_epoch, card g),
+    # 32 new-domain images per step, 3 seeds x 2 arms
     python benchmarks/ucr_comparison.py --out ucr_comparison.json --seeds 0 1 2
 
     # plumbing check: small data, 1 epoch per phase
@@ -10,11 +11,14 @@
 Arms (identical except rehearsal and the batch it implies): `finetune` = method.rehearsal=false (no buffer, no
 L_old, no L_kl: the same pseudo-label pipeline, L_ccl + L_cam only); `ucr` = the full method. Both
 start from a labelled warm start on d0 with the same initial weights (same seed) and the same
-source data and epochs. Each phase reads only its domain (plus, for UCR, the buffer: method.phase_data=select), so
-as in the card both arms take 32 new-domain images per step and the same number of steps: the
+source data and epochs. Each phase reads only its domain (plus, for UCR, the buffer: method.phase_data=select),
+repeated to 40 x 32 new-domain images per epoch in both arms (method.iters_per_epoch=40): the
 fine-tune batch is 32 new rows, UCR's is 64 = 32 new + 32 buffered (card: new batch 32, old batch
-32). The loader's batch is one number per run, so the warm start on d0 also runs at 32 (fine-tune)
-vs 64 (UCR) rows per step: the same images and epochs, twice the steps for fine-tune. Every run is in-process (run_local).
+32), so from d2 on both take the card's 40 steps per epoch; in d1 (no buffer yet) UCR's 64-row batches
+are all new rows, 20 steps. The loader's batch is one number per run, so the warm start on d0 (one
+pass per epoch) also runs at 32 (fine-tune) vs 64 (UCR) rows per step: the same images and epochs,
+twice the steps for fine-tune. Before session 20 every epoch was one pass over the selection (about 7
+steps at the default sizes; `--set method.iters_per_epoch=0`). Every run is in-process (run_local).
 
 Reported per arm (mean +- sample std over seeds): seen-domain mAP after the last phase
 (`mAP_seen`), each seen domain's mAP, forgetting (mAP of a domain right after its own phase minus
@@ -39,6 +43,7 @@ import numpy as np  # noqa: E402
 ARMS = {"finetune": ["method.rehearsal=false", "train.batch_size=32"], "ucr": ["method.rehearsal=true", "train.batch_size=64"]}
 # quick: fewer steps per domain, so the mean teacher uses alpha 0.99 (0.999 would barely move in ~20 steps)
 QUICK = ["method.source_epochs=2", "method.epochs_per_domain=2", "train.epochs=8", "train.eval_every_epochs=2",
+         "method.iters_per_epoch=10",
          "method.ema_alpha=0.99",
          "data.embedded_params={n_train_ids: 20, images_per_train_id: 8, n_test_ids: 12, images_per_test_id: 6}"]
 KEYS = ("mAP_seen", "mAP_unseen", "rank1_seen", "rank1_unseen", "forgetting_mean")

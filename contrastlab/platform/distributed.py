@@ -8,6 +8,7 @@ gradients), which is what every multi-node CLIP recipe relies on.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -42,11 +43,70 @@ def gather(x: torch.Tensor, grad: bool = True) -> torch.Tensor:
 
 
 def gather_objects(obj):
-    """All-gather arbitrary picklable objects (small metadata only: ids, counts)."""
+    """All-gather arbitrary picklable objects (small metadata only: ids, counts; arrays: gather_arrays)."""
     if not is_distributed():
         return [obj]
     out = [None] * world_size()
     dist.all_gather_object(out, obj)
+    return out
+
+
+def _collective_device() -> torch.device:
+    """NCCL moves CUDA tensors only; gloo (and the others) CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_arrays(arrays: dict[str, np.ndarray], chunk_bytes: int = 64 << 20) -> list[dict[str, np.ndarray]]:
+    """All-gather each rank's {name: array} (rows along dim 0, any row count, 0 included), in rank order.
+
+    Numeric arrays travel as raw bytes through tensor all-gathers, in chunks of at most `chunk_bytes`
+    per rank, so a feature bank costs one copy of itself per rank, not the several (pickle, byte
+    tensor, padding to the largest rank, unpickle) of `all_gather_object`, and the collective's
+    device memory stays bounded. Non-numeric arrays (strings, objects) go through gather_objects.
+    A name may be missing on a rank that has no rows (it gets 0 rows of the others' dtype and row
+    shape); ranks that hold the same name must agree on its dtype and row shape (else ValueError).
+    """
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    if not is_distributed():
+        return [arrays]
+    metas = gather_objects({k: (v.dtype.str, v.shape) for k, v in arrays.items()})
+    out: list[dict[str, np.ndarray]] = [{} for _ in metas]
+    device = _collective_device()
+    for name in sorted({k for m in metas for k in m}):
+        held = {(m[name][0], tuple(m[name][1][1:])) for m in metas if name in m}
+        if len(held) > 1:
+            raise ValueError(f"gather_arrays: ranks disagree on {name!r}'s dtype and row shape: {sorted(held)}")
+        dtype_str, row_shape = held.pop()
+        dtype = np.dtype(dtype_str)
+        rows = [m[name][1][0] if name in m else 0 for m in metas]
+        local = arrays.get(name, np.zeros((0, *row_shape), dtype))
+        if dtype.kind not in "biufc":  # strings, objects: pickled
+            for r, part in enumerate(gather_objects(local)):
+                out[r][name] = part
+            continue
+        row_bytes = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+        if not row_bytes:  # (n, 0)-shaped: nothing to move
+            for r, n in enumerate(rows):
+                out[r][name] = np.zeros((n, *row_shape), dtype)
+            continue
+        flat = local.reshape(-1).view(np.uint8).reshape(len(local), row_bytes)
+        received = [np.empty((n, row_bytes), np.uint8) for n in rows]
+        step = max(1, chunk_bytes // row_bytes)
+        for start in range(0, max(rows), step):
+            n = min(step, max(rows) - start)
+            mine = np.zeros((n, row_bytes), np.uint8)
+            have = max(0, min(n, len(local) - start))
+            mine[:have] = flat[start:start + have]
+            parts = [torch.empty((n, row_bytes), dtype=torch.uint8, device=device) for _ in metas]
+            dist.all_gather(parts, torch.from_numpy(mine).to(device))
+            for r, part in enumerate(parts):
+                take = max(0, min(n, rows[r] - start))
+                if take:
+                    received[r][start:start + take] = part[:take].cpu().numpy()
+        for r, buf in enumerate(received):
+            out[r][name] = buf.view(dtype).reshape(rows[r], *row_shape)
     return out
 
 

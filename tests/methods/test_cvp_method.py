@@ -150,3 +150,39 @@ def test_run_local_learns(tmp_path):
     assert [h["phase"] for h in r.history] == ["predict", "predict", "contrast"]
     assert last["oa"] > 0.35 and last["views_oa"] > 0.35  # chance = 1/9
     assert "train_loss_pre" in last and np.isfinite(last["train_loss_mi"])
+
+
+def _stage1_ctx(model, predict_batch_size):
+    from contrastlab.platform.config import build_experiment
+    from contrastlab.platform.train import StepContext, build_optimizer
+
+    exp = build_experiment("cvp", sets=["method.n_bands=30", f"method.predict_batch_size={predict_batch_size}"])
+    spec = model.optimizers()["predict"]
+    opt = build_optimizer([model.trainable()[n] for n in spec.modules], spec)
+    return StepContext(exp=exp, method=model, device=torch.device("cpu"), optimizers={"predict": opt}, specs={"predict": spec},
+                       base_lrs={"predict": [g["lr"] for g in opt.param_groups]}, total_steps=10, phase="predict")
+
+
+def test_stage1_steps_once_per_card_sized_chunk():  # card §e, §g: stage 1 at batch 128, stage 2 at 256
+    assert CVPConfig().predict_batch_size == 128
+    patch = torch.randn(8, 30, 9, 9)
+    torch.manual_seed(0)
+    chunked = CVP(small_cfg(predict_batch_size=4))
+    reference = CVP(small_cfg(predict_batch_size=4))
+    reference.load_state_dict(chunked.state_dict())
+    ctx = _stage1_ctx(chunked, 4)
+    logs = chunked.train_step({"patch": patch}, ctx)
+    assert ctx._opt_steps["predict"] == 2  # two chunks of 4 rows: two Adam steps
+    # the same as two separate stage-1 steps on the halves, one after the other
+    ref_ctx = _stage1_ctx(reference, 4)
+    first = reference.train_step({"patch": patch[:4]}, ref_ctx)
+    second = reference.train_step({"patch": patch[4:]}, ref_ctx)
+    for a, b in zip(chunked.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert logs["loss"] == pytest.approx((first["loss"] + second["loss"]) / 2, rel=1e-5)
+    whole = CVP(small_cfg(predict_batch_size=0))
+    ctx_whole = _stage1_ctx(whole, 0)
+    whole.train_step({"patch": patch}, ctx_whole)
+    assert ctx_whole._opt_steps["predict"] == 1  # 0: one step per training batch
+    with pytest.raises(ValueError, match="predict_batch_size"):
+        CVP(small_cfg(predict_batch_size=-1))

@@ -71,7 +71,7 @@ def test_official_label_offset_mislabels_the_oldest_domain():
 
 
 # ---------------------------------------------------------------- state + end to end
-TINY = ["method.source_domains=", "method.domains=d0,d1", "method.epochs_per_domain=1", "train.epochs=2",
+TINY = ["method.source_domains=", "method.domains=d0,d1", "method.epochs_per_domain=1", "train.epochs=2", "method.iters_per_epoch=0",
         "train.batch_size=32", "method.k1=6", "method.k2=2",
         "data.embedded_params={n_source_domains: 0, n_seen_domains: 2, n_unseen_domains: 1, n_train_ids: 8, "
         "images_per_train_id: 6, n_test_ids: 4, images_per_test_id: 4}"]
@@ -165,3 +165,33 @@ def test_each_phase_reads_its_domain_and_the_buffer_only(tmp_path, monkeypatch):
     run_local("ucr", sets + ["method.phase_data=all"], quiet=True)
     first_all = np.concatenate([dom for phase, dom, _ in seen if phase == "d0"])
     assert {d0, d1} <= set(first_all.tolist())  # every domain is read (and filtered in the step)
+
+
+def test_iters_per_epoch_fixes_a_seen_domains_steps(tmp_path, monkeypatch):
+    """card g: 40 iterations of 32 new + 32 old per epoch. With iters_per_epoch=20 and batch 16 (8 new +
+    8 old), the 48-image domains are repeated to 160 new rows per epoch: d0 (no buffer yet) takes
+    160 / 16 = 10 steps, d1 (160 new + 160 buffered) 20; one pass (iters_per_epoch=0) would take 3 and 6."""
+    from contrastlab.platform.local import run_local
+
+    steps: dict[str, int] = {}
+    original = UCR.train_step
+
+    def counting(self, batch, ctx):
+        steps[ctx.phase] = steps.get(ctx.phase, 0) + 1
+        return original(self, batch, ctx)
+
+    monkeypatch.setattr(UCR, "train_step", counting)
+    sets = [s for s in TINY if not s.startswith("method.iters_per_epoch")]
+    run = run_local("ucr", sets + [f"data.cache_dir={tmp_path}", "method.min_samples=2", "method.iters_per_epoch=20",
+                                   "train.batch_size=16"], quiet=True)
+    # fractional copies are drawn per sample, so the row count varies by a few rows around its expectation
+    assert 8 <= steps["d0"] <= 12 and 17 <= steps["d1"] <= 23, steps
+    m = run.method
+    sel = m.train_selection(run.ctx)
+    n_new, n_buf = m._domain_count, m.buf_index.numel()
+    assert sel.value_copies == pytest.approx(160 / n_new) and sel.index_copies == pytest.approx(160 / n_buf)
+    assert m._steps_per_epoch == 20  # the per-domain warm-up counts these steps
+    m.cfg.rehearsal = False  # the fine-tune arm: the whole batch is new rows
+    assert m.train_selection(run.ctx).value_copies == pytest.approx(20 * 16 / n_new)
+    m.cfg.iters_per_epoch = 0
+    assert m.train_selection(run.ctx).value_copies == 1.0

@@ -45,7 +45,7 @@ def test_first_seen_domain_starts_from_the_warm_start(tmp_path, monkeypatch):
     monkeypatch.setattr(UCR, "on_epoch_end", on_epoch_end)
     run_local("ucr", [
         "method.source_domains=d0", "method.domains=d1", "method.source_epochs=1", "method.epochs_per_domain=1",
-        "train.batch_size=16", "method.k1=6", "method.k2=2", "method.min_samples=2", f"data.cache_dir={tmp_path}",
+        "method.iters_per_epoch=0", "train.batch_size=16", "method.k1=6", "method.k2=2", "method.min_samples=2", f"data.cache_dir={tmp_path}",
         "data.embedded_params={n_source_domains: 1, n_seen_domains: 1, n_unseen_domains: 1, n_train_ids: 8, "
         "images_per_train_id: 6, n_test_ids: 4, images_per_test_id: 4}"], quiet=True)
     assert _differs(snap["warm"], snap["init"])  # the source phase trained the online model

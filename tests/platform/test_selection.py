@@ -29,6 +29,8 @@ def test_epoch_rows_tags_repeats():
     rows = epoch_rows(raw, "s.tar", 0, 0, selection=DataSelection("domain", ("d1",), indices=(3,), index_copies=2))
     assert [r["__repeat__"] for r in rows] == [0, 1] and "__source__" not in rows[0]
     assert epoch_rows(raw, "s.tar", 0, 0, selection=DataSelection("domain", ("d1",))) == []
+    upsampled = epoch_rows(raw, "s.tar", 0, 0, selection=DataSelection("domain", ("d0",), value_copies=3))
+    assert [r["__repeat__"] for r in upsampled] == [0, 1, 2]  # a matched sample, repeated
 
 
 def test_ray_reader_follows_the_run_state_selection(ray_cluster, tmp_path):
@@ -45,3 +47,20 @@ def test_ray_reader_follows_the_run_state_selection(ray_cluster, tmp_path):
     assert len(build_dataset(paths, fn, split="eval", run_state_name="test-selection-state", cpus=0.25).take_all()) == 30
     ray_cluster.get(state.set_epoch.remote(2, None))
     assert len(build_dataset(paths, fn, split="train", run_state_name="test-selection-state", cpus=0.25).take_all()) == 30
+
+
+def test_value_copies_size_the_matched_stream():
+    sel = DataSelection("domain", ("d1",), indices=(0,), index_copies=3.0, value_copies=2.4)
+    drawn = [sel.copies({"domain": "d1"}, i, f"k{i}", 0, 0) for i in range(2000)]
+    assert set(drawn) == {2, 3} and abs(np.mean(drawn) - 2.4) < 0.05
+    assert sel.copies({"domain": "d0"}, 0, "k0", 0, 0) == 3  # the indexed stream keeps its own factor
+    assert sel.copies({"domain": "d1"}, 5, "k5", 1, 4) == sel.copies({"domain": "d1"}, 5, "k5", 1, 4)  # same on every reader
+    thinned = DataSelection("domain", ("d1",), value_copies=0.25)
+    kept = [thinned.copies({"domain": "d1"}, i, f"k{i}", 0, 0) for i in range(2000)]
+    assert set(kept) == {0, 1} and abs(np.mean(kept) - 0.25) < 0.03
+    assert DataSelection().copies(None, 5, "k", 0, 0) == 1
+    assert DataSelection.from_dict(sel.to_dict()) == sel
+    assert DataSelection.from_dict({"field": "domain", "values": ["d1"]}).value_copies == 1.0  # older dicts
+    assert "x2.40" in sel.describe()
+    with pytest.raises(ValueError, match="value_copies"):
+        DataSelection("domain", ("d1",), value_copies=float("nan"))

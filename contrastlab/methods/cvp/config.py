@@ -27,6 +27,10 @@ class CVPConfig:
     predict_epochs: int = 30
     predict_lr: float = 1e-3
     predict_weight_decay: float = 5e-4
+    # Stage-1 batch (card §e, §g: 128; stage 2 uses train.batch_size, 256). The platform reads one batch
+    # size per run, so stage 1 splits each training batch into chunks of this many rows and takes one Adam
+    # step per chunk: the card's batch size and number of steps. 0 = one step per training batch.
+    predict_batch_size: int = 128
     # stage 2: COMPLETER contrastive network
     contrast_epochs: int = 500  # 0 = stage-1 views only (the ablation)
     contrast_lr: float = 1e-4
@@ -72,6 +76,8 @@ class CVPConfig:
                              f"or set method.predictor_conv2d_padding=1")
         if self.n_bands < 26:
             raise ValueError(f"method.n_bands must be >= 26 (each band group needs >= 13 bands), got {self.n_bands}")
+        if self.predict_batch_size < 0:
+            raise ValueError(f"method.predict_batch_size must be >= 0 (0 = the whole training batch), got {self.predict_batch_size}")
         if self.predict_epochs < 1 or self.contrast_epochs < 0:
             raise ValueError("method.predict_epochs must be >= 1 and method.contrast_epochs >= 0")
         if self.clusters < 2 or self.view_dim < 1:

@@ -16,8 +16,9 @@ Two phases (method.phases()), then an SVM in evaluate():
              training draw (the shards' json `split`, or fresh per-class draws) -> OA, AA, kappa; in
              stage 2 also the stage-1-only ablation (views_oa ...); a classification map image.
 
-Deviation from the card: stage 1 runs at train.batch_size (default 256) like stage 2, not the card's 128
-(§e, §g), because the platform has no per-phase batch size (see train_defaults).
+Batch sizes (card §e, §g: stage 1 128, stage 2 256): the data arrive in batches of train.batch_size (256,
+the stage-2 value); stage 1 splits each into chunks of method.predict_batch_size (128) with one Adam step
+per chunk, so it runs at the card's batch size and number of steps.
 """
 from __future__ import annotations
 
@@ -72,10 +73,8 @@ class CVP(nn.Module):
     eval_mode = "max"
     needs_train_features = True  # stage 2 extracts the frozen views of the training pixels
     # train.epochs must equal predict_epochs + contrast_epochs (ASHA's max_t and the LR schedule read it).
-    # Deviation from the card (§e, §g: stage 1 batch 128, stage 2 batch 256): both phases use train.batch_size,
-    # because the platform has one batch size per run (train.py builds the data iterators from
-    # train.batch_size; phases() carries only (name, epochs)). 256 is kept, the stage-2 (COMPLETER) value,
-    # since L_MI's batch-level joint needs batch >> K (card §i).
+    # batch 256 is stage 2's (COMPLETER; L_MI's batch-level joint needs batch >> K, card §i); stage 1 splits
+    # it into method.predict_batch_size chunks (card: 128), one step each (see train_step).
     train_defaults = {"batch_size": 256, "epochs": 530, "log_every_steps": 10}
     SMALL_SCALE = SMALL_SCALE
     # --smoke: 2 trials, a 32x32 cube of 48 bands (15x15 patches stored so the sweep's w fits), 2 + 2 epochs
@@ -189,12 +188,24 @@ class CVP(nn.Module):
 
     def train_step(self, batch: dict, ctx) -> dict[str, float]:
         if ctx.phase == "predict":
+            return self._predict_step(batch["patch"], ctx)
+        return self._contrast_step(batch, ctx)
+
+    def _predict_step(self, patch: torch.Tensor, ctx) -> dict[str, float]:
+        """Stage 1: one Adam step per chunk of method.predict_batch_size rows (the card's stage-1 batch);
+        logs the chunks' mean losses. Every rank holds train.batch_size rows (drop_last), so all ranks take
+        the same number of steps and their gradient all-reduces pair up."""
+        size = self.cfg.predict_batch_size or patch.shape[0]
+        sums = torch.zeros(3)
+        chunks = patch.split(size)
+        for chunk in chunks:
             with ctx.autocast():
-                l12, l21 = self.predict_losses(batch["patch"])
+                l12, l21 = self.predict_losses(chunk)
             loss = l12 + l21
             ctx.optimize(loss, "predict")
-            return {"loss": float(loss.detach()), "loss_p12": float(l12.detach()), "loss_p21": float(l21.detach())}
-        return self._contrast_step(batch, ctx)
+            sums += torch.stack([loss.detach(), l12.detach(), l21.detach()]).float().cpu()
+        mean = (sums / len(chunks)).tolist()
+        return {"loss": mean[0], "loss_p12": mean[1], "loss_p21": mean[2]}
 
     def _contrast_step(self, batch: dict, ctx) -> dict[str, float]:
         c = self.cfg

@@ -298,11 +298,13 @@ class DeCLIP(nn.Module):
     @staticmethod
     def _gather_recorded(recorded: list[dict], keep: list[str]) -> dict[str, np.ndarray] | None:
         cols = ["image", "text", "ids", "index", *keep]
-        local = {k: (np.concatenate([r[k].cpu().numpy() for r in recorded]) if recorded and k in recorded[0] else np.zeros((0,))) for k in cols}
-        parts = [p for p in dist_utils.gather_objects(local) if len(p["index"])]
+        # a rank that recorded nothing sends no names; embeddings travel as tensors (gather_arrays)
+        local = {k: np.concatenate([r[k].cpu().numpy() for r in recorded]) for k in cols if recorded and k in recorded[0]}
+        parts = [p for p in dist_utils.gather_arrays(local) if len(p.get("index", ()))]
         if not parts:
             return None
-        merged = {k: np.concatenate([p[k] for p in parts]) for k in cols if all(len(p[k]) for p in parts)}
+        merged = {k: np.concatenate([p[k] for p in parts]) for k in cols
+                  if all(k in p and len(p[k]) == len(p["index"]) for p in parts)}
         _, first = np.unique(merged["index"], return_index=True)
         return {k: v[first] for k, v in merged.items()}
 

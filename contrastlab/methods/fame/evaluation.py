@@ -58,11 +58,12 @@ def gather_features(batches, fn, extra: Sequence[str] = ("label", "bg_id")) -> t
         for k in cols:
             if k in batch:
                 cols[k].append(batch[k].cpu().numpy())
-    local = {"feats": np.concatenate(feats) if feats else np.zeros((0, 0), np.float32),
-             **{k: np.concatenate(v) for k, v in cols.items() if v}}
-    parts = [p for p in dist_utils.gather_objects(local) if len(p["feats"])]
+    # a rank with no batches sends no names; features travel as tensors (gather_arrays)
+    local = {"feats": np.concatenate(feats), **{k: np.concatenate(v) for k, v in cols.items() if v}} if feats else {}
+    parts = [p for p in dist_utils.gather_arrays(local) if len(p.get("feats", ()))]
     if not parts:
         return np.zeros((0, 0), np.float32), {}
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]
+              if all(len(p[k]) == len(p["feats"]) for p in parts)}
     _, first = np.unique(merged["index"], return_index=True)
     return merged.pop("feats")[first], {k: v[first] for k, v in merged.items()}

@@ -27,19 +27,19 @@ L_old keeps each identity together. The number of old rows per batch also varies
 batch_size * r / (1 + r), r = old_batch_ratio) instead of being exactly 32, and an upsampled buffered
 image can meet its own copy (another augmentation).
 
-Steps per domain (deviation, card g): the card trains 6 epochs x 40 iterations per domain (batch 32
-new + 32 old: 240 steps). Here an epoch is one pass over this epoch's selection. At the embedded
-defaults (60 ids x 8 = 480 images per domain, batch 64) that is 480 // 64 = 7 steps per epoch
-(42 per domain) for the source phase and the first seen domain, where the batch holds 64 new rows,
-and about 960 // 64 = 15 steps per epoch (90 per domain) from the second seen domain on. The EMA
-consequence: at alpha 0.999 the EMA keeps 0.999^42 = 96% (0.999^90 = 91%) of its domain-start
-weights, against 0.999^240 = 79% on the card. The EMA is what is evaluated, what clusters every
-epoch and what the online model restarts from at every domain start, so the runs adapt (and forget)
-less than the card's. This is not fixed here: DataSelection repeats only the samples it lists by
-index, all by one factor (`index_copies`), and reads field-matched samples once. 40 iterations with
-the 1:1 old:new ratio needs two factors (new rows about 2.7x, buffer about 10x), which is a platform
-change. Repeating domain + buffer by one factor would give 40 iterations but cut the old share to
-buffer / (domain + buffer) (about 20% in d2).
+Steps per domain (card g: 6 epochs x 40 iterations, batch 32 new + 32 old = 240 steps per domain).
+`method.iters_per_epoch` (default 40) fixes a seen domain's epoch at that many batches' worth of
+new-domain rows: the domain's samples are repeated `iters_per_epoch * new_batch / domain size` times in
+expectation (DataSelection.value_copies; fractional copies are drawn per sample and epoch), with
+new_batch = train.batch_size / (1 + old_batch_ratio) under rehearsal (32 of UCR's 64) and the whole batch
+without (the fine-tune arm's 32), and the buffer repeated so buffered rows are `old_batch_ratio` x the
+new ones (index_copies). Both arms thus read the same number of new-domain images; from the second seen
+domain on UCR takes iters_per_epoch batches of 32 + 32 (the card's 240 steps per domain), while in the
+first seen domain, with no buffer yet, its 64-row batches are all new rows: half the iterations
+(the loader has one batch size per run). `iters_per_epoch=0` reads each selection once per epoch (the
+behaviour before session 20: 480 // 64 = 7 steps per epoch at the embedded defaults, 42 per domain).
+Labelled source phases (the warm start, card g: "2 min supervised") always read their domain once per
+epoch. The EMA at alpha 0.999 keeps 0.999^240 = 79% of its domain-start weights, as on the card.
 
 Per epoch: cluster EMA eval features of the current domain (k-reciprocal Jaccard + DBSCAN; on
 rank 0, broadcast), recompute centroids C_new and per-camera proxies. Per step:
@@ -94,7 +94,10 @@ class UCRConfig:
     source_domains: str = "d0"  # comma list; labelled warm-start phases ("" = none)
     source_epochs: int = 2
     domains: str = "d1,d2,d3"  # the lifelong sequence, one phase each (names of the json "domain")
-    epochs_per_domain: int = 6  # an epoch = one pass over the selection (card g: 40 iterations; see the module docstring)
+    epochs_per_domain: int = 6
+    # batches' worth of new-domain rows per seen-domain epoch (card g: 40; official 400); 0 = one pass over
+    # the domain's samples (see the module docstring)
+    iters_per_epoch: int = 40
     rehearsal: bool = True  # False = sequential fine-tuning baseline (no buffer, no L_old, no L_kl)
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
@@ -141,6 +144,8 @@ class UCRConfig:
                 raise ValueError(f"method.{name} must be > 0, got {getattr(self, name)}")
         if self.phase_data not in ("select", "all"):
             raise ValueError(f"method.phase_data must be 'select' or 'all', got {self.phase_data!r}")
+        if self.iters_per_epoch < 0:
+            raise ValueError(f"method.iters_per_epoch must be >= 0 (0 = one pass over the domain), got {self.iters_per_epoch}")
         if self.old_batch_ratio < 0:
             raise ValueError(f"method.old_batch_ratio must be >= 0, got {self.old_batch_ratio}")
         if not 0 <= self.label_smoothing < 1:
@@ -186,7 +191,7 @@ class UCR(nn.Module):
     # batch 64 = the card's new batch 32 + old batch 32, mixed (see phase_data above)
     train_defaults = {"batch_size": 64, "epochs": 20, "log_every_steps": 10, "eval_every_epochs": 2}
     smoke_overrides = {
-        "method.source_epochs": 1, "method.epochs_per_domain": 1, "train.epochs": 4,
+        "method.source_epochs": 1, "method.epochs_per_domain": 1, "train.epochs": 4, "method.iters_per_epoch": 0,
         "data.embedded_params": "{n_train_ids: 12, images_per_train_id: 6, n_test_ids: 8, images_per_test_id: 6, n_unseen_domains: 1}",
     }
     # variable-size persistent state: resized from the checkpoint in _load_from_state_dict
@@ -372,22 +377,30 @@ class UCR(nn.Module):
             self._last_cluster_logs = logs
 
     def train_selection(self, ctx):
-        """This epoch's training samples: the phase's domain plus the rehearsal buffer, repeated so
-        buffered rows make `old_batch_ratio` x the domain's rows (None with phase_data=all)."""
+        """This epoch's training samples: the phase's domain (repeated to `iters_per_epoch` batches' worth
+        of new rows in seen domains) plus the rehearsal buffer, repeated so buffered rows make
+        `old_batch_ratio` x the new ones (None with phase_data=all)."""
         from contrastlab.platform.data.selection import DataSelection
 
         c = self.cfg
         if c.phase_data == "all":
             return None
-        use_old = bool(self.has_old) and c.rehearsal and not self._is_source(ctx.phase) and self.buf_index.numel() > 0
+        source = self._is_source(ctx.phase)
+        use_old = bool(self.has_old) and c.rehearsal and not source and self.buf_index.numel() > 0
         n_new = getattr(self, "_domain_count", 0) or self.pl_index.numel()
-        rows = n_new * (1 + (c.old_batch_ratio if use_old else 0.0))
+        global_batch = ctx.exp.train.batch_size * ctx.world_size
+        new_rows, new_copies = float(n_new), 1.0
+        if c.iters_per_epoch and not source and n_new:
+            new_share = 1.0 / (1.0 + (c.old_batch_ratio if c.rehearsal else 0.0))  # of each batch, when the buffer is full
+            new_rows = c.iters_per_epoch * global_batch * new_share
+            new_copies = new_rows / n_new
+        rows = new_rows * (1 + (c.old_batch_ratio if use_old else 0.0))
         # the per-domain warm-up counts in this stream's steps, not in the whole train split's
-        self._steps_per_epoch = max(1, int(rows // (ctx.exp.train.batch_size * ctx.world_size)))
+        self._steps_per_epoch = max(1, int(rows // global_batch))
         if not use_old:
-            return DataSelection("domain", (ctx.phase,))
-        copies = c.old_batch_ratio * n_new / self.buf_index.numel()
-        return DataSelection("domain", (ctx.phase,), tuple(self.buf_index.tolist()), copies)
+            return DataSelection("domain", (ctx.phase,), value_copies=new_copies)
+        copies = c.old_batch_ratio * new_rows / self.buf_index.numel()
+        return DataSelection("domain", (ctx.phase,), tuple(self.buf_index.tolist()), copies, new_copies)
 
     def _sync_ema_to_online(self) -> None:
         """EMA <- online, parameters and buffers (BN running statistics): the end of the warm start."""

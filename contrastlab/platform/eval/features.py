@@ -94,10 +94,17 @@ def extract_features(batches: Iterable[dict] | Callable[[], Iterable[dict]], fn:
     for k, v in columns.items():
         if sum(len(c) for c in v) != n_rows:
             raise ValueError(f"column {k!r} is missing from some batches ({sum(len(c) for c in v)} of {n_rows} rows)")
-    local = {"feats": np.concatenate(feats) if feats else None, **{k: np.concatenate(v) for k, v in columns.items()}}
-    parts = [p for p in dist_utils.gather_objects(local) if p["feats"] is not None]
+    # a worker with no batches sends no names (it cannot know the feature width); tensor all-gathers in
+    # bounded chunks (gather_arrays), not pickles, so large banks gather in one copy per rank
+    local = {"feats": np.concatenate(feats), **{k: np.concatenate(v) for k, v in columns.items()}} if feats else {}
+    parts = [p for p in dist_utils.gather_arrays(local) if len(p.get("feats", ()))]
     if not parts:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), {}
+    for p in parts:
+        missing = [k for k, v in p.items() if len(v) != len(p["feats"])]
+        if missing:
+            raise ValueError(f"column(s) {missing} are missing on some workers' batches: every worker's batches need the "
+                             f"same 1-D columns")
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     idx_all = merged.pop(index_key)
     # sorted; duplicates (padding of uneven shards) dropped once checked to be the same sample
