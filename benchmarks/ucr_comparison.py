@@ -14,11 +14,13 @@ start from a labelled warm start on d0 with the same initial weights (same seed)
 source data and epochs. Each phase reads only its domain (plus, for UCR, the buffer: method.phase_data=select),
 repeated to 40 x 32 new-domain images per epoch in both arms (method.iters_per_epoch=40): the
 fine-tune batch is 32 new rows, UCR's is 64 = 32 new + 32 buffered (card: new batch 32, old batch
-32), so from d2 on both take the card's 40 steps per epoch; in d1 (no buffer yet) UCR's 64-row batches
-are all new rows, 20 steps. The loader's batch is one number per run, so the warm start on d0 (one
-pass per epoch) also runs at 32 (fine-tune) vs 64 (UCR) rows per step: the same images and epochs,
-twice the steps for fine-tune. Before session 20 every epoch was one pass over the selection (about 7
-steps at the default sizes; `--set method.iters_per_epoch=0`). Every run is in-process (run_local).
+32), so both take the card's 40 steps per epoch. Where UCR's batches can hold no buffered rows (the
+warm start on d0, one pass per epoch, and d1) they are all new rows, and UCR steps each 64-row batch
+as two of 32 (method.split_unbuffered_batches): the two arms train alike until the buffer exists.
+Before session 20 every epoch was one pass over the selection, about 7 steps at the default sizes,
+and UCR took 64-row steps without a buffer (`--set method.iters_per_epoch=0 --set
+method.split_unbuffered_batches=false --set method.source_cluster_model=ema`). Every run is
+in-process (run_local).
 
 Reported per arm (mean +- sample std over seeds): seen-domain mAP after the last phase
 (`mAP_seen`), each seen domain's mAP, forgetting (mAP of a domain right after its own phase minus

@@ -169,29 +169,40 @@ def test_each_phase_reads_its_domain_and_the_buffer_only(tmp_path, monkeypatch):
 
 def test_iters_per_epoch_fixes_a_seen_domains_steps(tmp_path, monkeypatch):
     """card g: 40 iterations of 32 new + 32 old per epoch. With iters_per_epoch=20 and batch 16 (8 new +
-    8 old), the 48-image domains are repeated to 160 new rows per epoch: d0 (no buffer yet) takes
-    160 / 16 = 10 steps, d1 (160 new + 160 buffered) 20; one pass (iters_per_epoch=0) would take 3 and 6."""
+    8 old), the 48-image domains are repeated to 160 new rows per epoch: d0 (no buffer yet) reads
+    160 / 16 = 10 batches, each stepped as two of 8 rows (20 steps), d1 (160 new + 160 buffered) 20
+    batches of 16; one pass (iters_per_epoch=0) would read 3 and 6."""
     from contrastlab.platform.local import run_local
 
     steps: dict[str, int] = {}
-    original = UCR.train_step
+    step_rows: dict[str, set] = {}
+    original, original_inner = UCR.train_step, UCR._train_step
 
     def counting(self, batch, ctx):
         steps[ctx.phase] = steps.get(ctx.phase, 0) + 1
         return original(self, batch, ctx)
 
+    def inner(self, batch, ctx):  # one optimiser step
+        step_rows.setdefault(ctx.phase, set()).add(int(batch["index"].shape[0]))
+        return original_inner(self, batch, ctx)
+
     monkeypatch.setattr(UCR, "train_step", counting)
+    monkeypatch.setattr(UCR, "_train_step", inner)
     sets = [s for s in TINY if not s.startswith("method.iters_per_epoch")]
     run = run_local("ucr", sets + [f"data.cache_dir={tmp_path}", "method.min_samples=2", "method.iters_per_epoch=20",
                                    "train.batch_size=16"], quiet=True)
     # fractional copies are drawn per sample, so the row count varies by a few rows around its expectation
     assert 8 <= steps["d0"] <= 12 and 17 <= steps["d1"] <= 23, steps
+    # d0's batches hold no buffered rows: stepped in the card's new batch, 16 / (1 + 1) = 8 rows
+    assert step_rows == {"d0": {8}, "d1": {16}}, step_rows
     m = run.method
     sel = m.train_selection(run.ctx)
     n_new, n_buf = m._domain_count, m.buf_index.numel()
     assert sel.value_copies == pytest.approx(160 / n_new) and sel.index_copies == pytest.approx(160 / n_buf)
     assert m._steps_per_epoch == 20  # the per-domain warm-up counts these steps
-    m.cfg.rehearsal = False  # the fine-tune arm: the whole batch is new rows
+    assert m._chunk_sizes(16) == [8, 8] and m._chunk_sizes(15) == [8, 7]
+    m.cfg.rehearsal = False  # the fine-tune arm: the whole batch is new rows, one step each
+    assert m._chunk_sizes(16) == [16]
     assert m.train_selection(run.ctx).value_copies == pytest.approx(20 * 16 / n_new)
     m.cfg.iters_per_epoch = 0
     assert m.train_selection(run.ctx).value_copies == 1.0

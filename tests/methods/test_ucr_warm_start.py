@@ -108,3 +108,45 @@ def test_seen_domains_keep_the_mean_teacher():
     m.on_phase_end(_ctx(1, "d1"))
     _assert_same(_clone(m.ema), ema)
     assert _differs(_clone(m.online), ema)
+
+
+def _centroids_after_epoch_start(model_name: str, phase: str) -> tuple[UCR, torch.Tensor]:
+    """on_epoch_start over a fixed 8-image batch of two ids (domain d0 = source, d1 = seen)."""
+    torch.manual_seed(0)
+    m = UCR(UCRConfig(source_domains="d0", domains="d1", source_cluster_model=model_name, min_samples=2, k1=3, k2=1))
+    with torch.no_grad():  # the EMA differs from the online model, as it does during a warm start
+        for p in m.ema.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    m.train()
+    images = torch.rand(8, 3, m.cfg.height, m.cfg.width)
+    batch = {"image": images, "domain": torch.full((8,), 0 if phase == "d0" else 1)}
+    cols = {"domain": batch["domain"].numpy(), "camera": torch.arange(8).remainder(2).numpy(),
+            "pid": torch.arange(8).div(4, rounding_mode="floor").numpy()}
+
+    def extract(split, fn):  # ctx.extract's contract: fn over the split without grad, numpy out
+        with torch.no_grad():
+            return torch.arange(8).numpy(), fn(batch).numpy(), cols
+
+    ctx = SimpleNamespace(phase=phase, rank=0, is_main=True, meta={"domain_names": ["d0", "d1"]}, log=lambda *a, **k: None,
+                          extract=extract)
+    m.on_epoch_start(ctx)
+    assert m.online.training and m.ema.training  # restored after the extraction
+    return m, images
+
+
+def _class_means(model, images) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        from contrastlab.platform.data.augment import normalize_batch
+
+        f = model(normalize_batch(images))
+    model.train()
+    return torch.stack([f[:4].mean(0), f[4:].mean(0)])
+
+
+def test_source_phase_centroids_use_the_online_model():
+    m, images = _centroids_after_epoch_start("online", "d0")
+    assert torch.allclose(m.centroids, _class_means(m.online, images), atol=1e-5)  # ground-truth ids, online features
+    old, images = _centroids_after_epoch_start("ema", "d0")
+    assert torch.allclose(old.centroids, _class_means(old.ema, images), atol=1e-5)  # the behaviour before session 20
+    assert not torch.allclose(old.centroids, _class_means(old.online, images), atol=1e-3)

@@ -45,6 +45,10 @@ def test_ray_reader_follows_the_run_state_selection(ray_cluster, tmp_path):
     assert len(draws) == 2  # each copy has its own augmentation
     # evaluation splits ignore the selection; a cleared selection reads everything again
     assert len(build_dataset(paths, fn, split="eval", run_state_name="test-selection-state", cpus=0.25).take_all()) == 30
+    # the matched stream repeated too (value_copies), through the actor's dict round trip
+    ray_cluster.get(state.set_epoch.remote(3, DataSelection("domain", ("d2",), value_copies=2).to_dict()))
+    rows = build_dataset(paths, fn, split="train", run_state_name="test-selection-state", cpus=0.25).take_all()
+    assert sorted(int(r["index"]) for r in rows) == sorted(2 * [i for i in range(30) if i % 3 == 2])
     ray_cluster.get(state.set_epoch.remote(2, None))
     assert len(build_dataset(paths, fn, split="train", run_state_name="test-selection-state", cpus=0.25).take_all()) == 30
 

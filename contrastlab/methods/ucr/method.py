@@ -34,12 +34,15 @@ expectation (DataSelection.value_copies; fractional copies are drawn per sample 
 new_batch = train.batch_size / (1 + old_batch_ratio) under rehearsal (32 of UCR's 64) and the whole batch
 without (the fine-tune arm's 32), and the buffer repeated so buffered rows are `old_batch_ratio` x the
 new ones (index_copies). Both arms thus read the same number of new-domain images; from the second seen
-domain on UCR takes iters_per_epoch batches of 32 + 32 (the card's 240 steps per domain), while in the
-first seen domain, with no buffer yet, its 64-row batches are all new rows: half the iterations
-(the loader has one batch size per run). `iters_per_epoch=0` reads each selection once per epoch (the
-behaviour before session 20: 480 // 64 = 7 steps per epoch at the embedded defaults, 42 per domain).
-Labelled source phases (the warm start, card g: "2 min supervised") always read their domain once per
-epoch. The EMA at alpha 0.999 keeps 0.999^240 = 79% of its domain-start weights, as on the card.
+domain on UCR takes iters_per_epoch batches of 32 + 32 (the card's 240 steps per domain). A batch
+that can hold no buffered rows (the first seen domain, source phases) is all new rows; the loader has
+one batch size per run, so UCR steps it in chunks of the card's new batch, 64 / (1 + old_batch_ratio)
+= 32 rows (`split_unbuffered_batches`; off, it took half as many 64-row steps there, as before
+session 20). Both arms then train alike until the buffer exists. `iters_per_epoch=0` reads each
+selection once per epoch (before session 20: 480 // 64 = 7 steps per epoch at the embedded defaults,
+42 per domain). Labelled source phases (the warm start, card g: "2 min supervised") always read their
+domain once per epoch. The EMA at alpha 0.999 keeps 0.999^240 = 79% of its domain-start weights, as
+on the card.
 
 Per epoch: cluster EMA eval features of the current domain (k-reciprocal Jaccard + DBSCAN; on
 rank 0, broadcast), recompute centroids C_new and per-camera proxies. Per step:
@@ -50,7 +53,11 @@ centroids and proxies), old model <- EMA. End of each labelled source phase: EMA
 identical init; card g: the warm start stands in for the pre-training both models share). Without
 that the EMA, updated only about 15 times at alpha 0.999, would still be about 98.5% its random
 init, and online <- EMA would discard the warm start. Start of each domain after the first:
-online <- EMA.
+online <- EMA. In a source phase the centroids (the classifier L_ccl trains against, from the
+ground-truth ids) come from the online model's features (`source_cluster_model=online`): the EMA
+is still its random init there, so its centroids would be random-feature class means for the
+whole warm start (`ema`, the behaviour before session 20). Seen domains cluster the EMA's, as
+the card.
 
 Deviations / options (flags): `proxy_norm` (column = official quirk, row = intended),
 `label_offset` (intended | official, see `_append_buffer`), negatives when fewer than
@@ -93,6 +100,7 @@ class UCRConfig:
     blur_p: float = 0.5
     source_domains: str = "d0"  # comma list; labelled warm-start phases ("" = none)
     source_epochs: int = 2
+    source_cluster_model: str = "online"  # features for a source phase's centroids: online | ema (see the docstring)
     domains: str = "d1,d2,d3"  # the lifelong sequence, one phase each (names of the json "domain")
     epochs_per_domain: int = 6
     # batches' worth of new-domain rows per seen-domain epoch (card g: 40; official 400); 0 = one pass over
@@ -120,6 +128,9 @@ class UCRConfig:
     label_offset: str = "intended"  # intended | official (stale labels for domains older than the newest)
     phase_data: str = "select"  # select: read only the phase's domain + the buffer | all: every domain, filtered in the step
     old_batch_ratio: float = 1.0  # buffered rows per new-domain row in the training stream (card: 32 old per 32 new)
+    # with rehearsal, a batch that can hold no buffered rows (source phases, the first seen domain) is
+    # stepped in chunks of train.batch_size / (1 + old_batch_ratio) rows: the card's new batch (32 of 64)
+    split_unbuffered_batches: bool = True
 
     def validate(self) -> None:
         if self.backbone not in BACKBONES:
@@ -142,6 +153,8 @@ class UCRConfig:
         for name in ("eps", "tau_c", "beta", "tau_kl"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"method.{name} must be > 0, got {getattr(self, name)}")
+        if self.source_cluster_model not in ("online", "ema"):
+            raise ValueError(f"method.source_cluster_model must be 'online' or 'ema', got {self.source_cluster_model!r}")
         if self.phase_data not in ("select", "all"):
             raise ValueError(f"method.phase_data must be 'select' or 'all', got {self.phase_data!r}")
         if self.iters_per_epoch < 0:
@@ -331,20 +344,24 @@ class UCR(nn.Module):
             self._buffers[name] = self._buffers[name][:0]
 
     def on_epoch_start(self, ctx) -> None:
-        """Cluster the current domain's EMA eval features (weak view) once, on rank 0; broadcast."""
+        """Cluster the current domain's EMA eval features (weak view) once, on rank 0; broadcast. A
+        source phase's centroids of its ground-truth ids use `source_cluster_model`'s features."""
         dom = self._domain_id(ctx, ctx.phase)
         dev = self.pl_index.device
+        use_online = self._is_source(ctx.phase) and self.cfg.source_cluster_model == "online"
+        model = self.online if use_online else self.ema
 
         def features(batch):
             out = torch.zeros(batch["image"].shape[0], self.online.dim, device=dev)
             mask = batch["domain"] == dom
             if mask.any():
-                out[mask] = self.ema(normalize_batch(batch["image"][mask]))
+                out[mask] = model(normalize_batch(batch["image"][mask]))
             return out
 
-        self.ema.eval()
+        was_training = model.training
+        model.eval()
         idx, feats, cols = ctx.extract("train_eval", features)
-        self.ema.train()
+        model.train(was_training)
         keep = cols["domain"] == dom
         self._domain_count = int(keep.sum())  # sizes this epoch's buffer repeats (train_selection)
         idx, feats, cams, pids = idx[keep], feats[keep], cols["camera"][keep], cols["pid"][keep]
@@ -386,7 +403,7 @@ class UCR(nn.Module):
         if c.phase_data == "all":
             return None
         source = self._is_source(ctx.phase)
-        use_old = bool(self.has_old) and c.rehearsal and not source and self.buf_index.numel() > 0
+        use_old = self._buffer_in_batches(ctx)
         n_new = getattr(self, "_domain_count", 0) or self.pl_index.numel()
         global_batch = ctx.exp.train.batch_size * ctx.world_size
         new_rows, new_copies = float(n_new), 1.0
@@ -395,8 +412,9 @@ class UCR(nn.Module):
             new_rows = c.iters_per_epoch * global_batch * new_share
             new_copies = new_rows / n_new
         rows = new_rows * (1 + (c.old_batch_ratio if use_old else 0.0))
-        # the per-domain warm-up counts in this stream's steps, not in the whole train split's
-        self._steps_per_epoch = max(1, int(rows // global_batch))
+        # the per-domain warm-up counts in this stream's optimiser steps, not in the whole train split's
+        chunks = 1 if use_old else len(self._chunk_sizes(ctx.exp.train.batch_size))
+        self._steps_per_epoch = max(1, int(rows // global_batch) * chunks)
         if not use_old:
             return DataSelection("domain", (ctx.phase,), value_copies=new_copies)
         copies = c.old_batch_ratio * new_rows / self.buf_index.numel()
@@ -446,7 +464,35 @@ class UCR(nn.Module):
         self.phase_step += 1
 
     # ------------------------------------------------------------------ training
+    def _buffer_in_batches(self, ctx) -> bool:
+        """Do this phase's batches carry buffered (old-domain) rows?"""
+        c = self.cfg
+        return bool(self.has_old) and c.rehearsal and not self._is_source(ctx.phase) and self.buf_index.numel() > 0
+
+    def _chunk_sizes(self, rows: int) -> list[int]:
+        """Rows per optimiser step for a batch without buffered rows: the new-row share of a full batch
+        (train.batch_size / (1 + old_batch_ratio)) with split_unbuffered_batches under rehearsal."""
+        c = self.cfg
+        if not (c.split_unbuffered_batches and c.rehearsal and c.old_batch_ratio > 0):
+            return [rows]
+        size = max(2, int(round(rows / (1 + c.old_batch_ratio))))  # BatchNorm needs two rows
+        return [min(size, rows - start) for start in range(0, rows, size)]
+
     def train_step(self, batch: dict, ctx) -> dict[str, float]:
+        rows = int(batch["index"].shape[0])
+        sizes = [rows] if self._buffer_in_batches(ctx) else self._chunk_sizes(rows)
+        if len(sizes) == 1:
+            return self._train_step(batch, ctx)
+        logs, start = [], 0
+        for size in sizes:  # the card's new batch, one optimiser (and EMA) step each
+            part = {k: (v[start:start + size] if torch.is_tensor(v) and v.ndim and v.shape[0] == rows else v) for k, v in batch.items()}
+            logs.append(self._train_step(part, ctx))
+            start += size
+        out = {k: float(np.mean([lg[k] for lg in logs])) for k in logs[0] if not k.startswith("n_")}
+        out.update({k: float(sum(lg[k] for lg in logs)) for k in logs[0] if k.startswith("n_")})
+        return out
+
+    def _train_step(self, batch: dict, ctx) -> dict[str, float]:
         c = self.cfg
         dom = self._domain_id(ctx, ctx.phase)
         index = batch["index"].long()
