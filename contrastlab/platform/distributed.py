@@ -43,7 +43,8 @@ def gather(x: torch.Tensor, grad: bool = True) -> torch.Tensor:
 
 
 def gather_objects(obj):
-    """All-gather arbitrary picklable objects (small metadata only: ids, counts; arrays: gather_arrays)."""
+    """All-gather arbitrary picklable objects: metadata and small arrays (pickled and padded to the
+    largest rank's bytes, several copies per rank); feature banks: gather_arrays."""
     if not is_distributed():
         return [obj]
     out = [None] * world_size()
@@ -64,25 +65,32 @@ def gather_arrays(arrays: dict[str, np.ndarray], chunk_bytes: int = 64 << 20) ->
     Numeric arrays travel as raw bytes through tensor all-gathers, in chunks of at most `chunk_bytes`
     per rank, so a feature bank costs one copy of itself per rank, not the several (pickle, byte
     tensor, padding to the largest rank, unpickle) of `all_gather_object`, and the collective's
-    device memory stays bounded. Non-numeric arrays (strings, objects) go through gather_objects.
-    A name may be missing on a rank that has no rows (it gets 0 rows of the others' dtype and row
-    shape); ranks that hold the same name must agree on its dtype and row shape (else ValueError).
+    device memory stays bounded. Other arrays (strings of any width, objects, records) go through
+    gather_objects. A name may be missing on a rank that has no rows (it gets 0 rows of the others'
+    dtype and row shape); ranks that hold the same name must agree on its row shape and, for numeric
+    arrays, its dtype (else ValueError on every rank).
     """
+    for k, v in arrays.items():
+        if np.ndim(v) == 0:
+            raise ValueError(f"gather_arrays: {k!r} is a scalar; pass arrays with rows along dim 0")
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     if not is_distributed():
         return [arrays]
-    metas = gather_objects({k: (v.dtype.str, v.shape) for k, v in arrays.items()})
+    metas = gather_objects({k: (v.dtype, v.shape) for k, v in arrays.items()})
     out: list[dict[str, np.ndarray]] = [{} for _ in metas]
     device = _collective_device()
     for name in sorted({k for m in metas for k in m}):
-        held = {(m[name][0], tuple(m[name][1][1:])) for m in metas if name in m}
+        dtypes = [m[name][0] for m in metas if name in m]
+        numeric = all(d.kind in "biufc" for d in dtypes)
+        # strings differ in width per rank ('<U4', '<U5'): only their kind must agree; they are pickled
+        held = {(d.str if numeric else d.kind, tuple(m[name][1][1:])) for d, m in zip(dtypes, (m for m in metas if name in m))}
         if len(held) > 1:
             raise ValueError(f"gather_arrays: ranks disagree on {name!r}'s dtype and row shape: {sorted(held)}")
-        dtype_str, row_shape = held.pop()
-        dtype = np.dtype(dtype_str)
+        row_shape = held.pop()[1]
+        dtype = dtypes[0]
         rows = [m[name][1][0] if name in m else 0 for m in metas]
         local = arrays.get(name, np.zeros((0, *row_shape), dtype))
-        if dtype.kind not in "biufc":  # strings, objects: pickled
+        if not numeric:  # strings, objects, records: pickled
             for r, part in enumerate(gather_objects(local)):
                 out[r][name] = part
             continue

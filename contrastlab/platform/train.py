@@ -114,7 +114,7 @@ class StepContext:
     device: torch.device
     rank: int = 0
     world_size: int = 1
-    step: int = 0  # training batches taken (= optimiser steps when train.accumulate is 1)
+    step: int = 0  # training batches taken (= optimiser steps when train.accumulate is 1, except methods that step per chunk: CVP's stage 1, UCR without a buffer)
     epoch: int = 0
     phase: str = "main"
     total_steps: int = 1
@@ -407,10 +407,15 @@ def load_checkpoint_state(directory: str, exp: Experiment) -> dict:
     mine = json.loads(json.dumps(config_fingerprint(exp)["method"]))  # tuples -> lists, as in meta.json
     diff = {k: (meta["method"].get(k), v) for k, v in mine.items() if meta["method"].get(k) != v}
     if diff:
+        def describe(k, a, b):
+            if k not in meta["method"]:  # an option added after this checkpoint was written
+                return f"{k}: absent from the checkpoint (an option newer than it; its run had the behaviour from before the option) vs now {b!r}"
+            return f"{k}: checkpoint {a!r} vs now {b!r}"
+
         raise CheckpointMismatchError(
             f"checkpoint {directory} was trained with a different {exp.method_name} config: "
-            + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            + ". Resume with the original config, or start a new run name."
+            + ", ".join(describe(k, a, b) for k, (a, b) in diff.items())
+            + ". Resume with the original config (and the contrastlab version that wrote it), or start a new run name."
         )
     import pickle
 

@@ -184,5 +184,9 @@ def test_stage1_steps_once_per_card_sized_chunk():  # card §e, §g: stage 1 at 
     ctx_whole = _stage1_ctx(whole, 0)
     whole.train_step({"patch": patch}, ctx_whole)
     assert ctx_whole._opt_steps["predict"] == 1  # 0: one step per training batch
+    odd = CVP(small_cfg(predict_batch_size=4))
+    ctx_odd = _stage1_ctx(odd, 4)
+    odd.train_step({"patch": torch.randn(9, 30, 9, 9)}, ctx_odd)  # 9 rows at 4: two chunks (5 + 4), no 1-row rest
+    assert ctx_odd._opt_steps["predict"] == 2
     with pytest.raises(ValueError, match="predict_batch_size"):
         CVP(small_cfg(predict_batch_size=-1))

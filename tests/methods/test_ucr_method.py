@@ -1,5 +1,6 @@
 """UCR method: buffer labels across domains, state_dict round trip (resume mid-phase), re-id
 evaluation protocol (card h.1-h.4, h.8, h.10), and a tiny end-to-end run_local."""
+import contextlib
 import io
 
 import numpy as np
@@ -201,8 +202,32 @@ def test_iters_per_epoch_fixes_a_seen_domains_steps(tmp_path, monkeypatch):
     assert sel.value_copies == pytest.approx(160 / n_new) and sel.index_copies == pytest.approx(160 / n_buf)
     assert m._steps_per_epoch == 20  # the per-domain warm-up counts these steps
     assert m._chunk_sizes(16) == [8, 8] and m._chunk_sizes(15) == [8, 7]
+    m.cfg.old_batch_ratio = 2.0  # near-equal chunks, no 1-row remainder (BatchNorm would skip it)
+    assert m._chunk_sizes(64) == [22, 21, 21] and m._chunk_sizes(3) == [3]
+    m.cfg.old_batch_ratio = 1.0
     m.cfg.rehearsal = False  # the fine-tune arm: the whole batch is new rows, one step each
     assert m._chunk_sizes(16) == [16]
     assert m.train_selection(run.ctx).value_copies == pytest.approx(20 * 16 / n_new)
     m.cfg.iters_per_epoch = 0
     assert m.train_selection(run.ctx).value_copies == 1.0
+
+
+def test_a_rank_without_two_rows_joins_the_others_step():
+    """With several workers a rank whose batch (or chunk) keeps fewer than two labelled rows still
+    calls the optimiser with a zero loss, so the other ranks' gradient all-reduce is not left waiting;
+    alone it skips the step."""
+    from types import SimpleNamespace
+
+    m = UCR(UCRConfig(source_domains="", domains="d0"))
+    m.train()
+    m.centroids = torch.randn(3, m.online.dim)
+    calls = []
+    ctx = SimpleNamespace(phase="d0", meta={"domain_names": ["d0"]}, world_size=2, autocast=lambda: contextlib.nullcontext(),
+                          optimize=lambda loss, name: calls.append((loss.item(), loss.requires_grad, name)))
+    batch = {"index": torch.tensor([5]), "domain": torch.tensor([0]), "camera": torch.tensor([0]),
+             "image": torch.rand(1, 3, m.cfg.height, m.cfg.width), "image_weak": torch.rand(1, 3, m.cfg.height, m.cfg.width)}
+    logs = m._train_step(batch, ctx)
+    assert logs["loss"] == 0.0 and calls == [(0.0, True, "main")]
+    ctx.world_size = 1
+    m._train_step(batch, ctx)
+    assert len(calls) == 1  # one process: nothing to join, no step

@@ -61,6 +61,13 @@ def test_other_method_or_config_is_refused_saying_which(tmp_path):
         load_checkpoint_state(str(tmp_path), build_experiment("clip"))
     # the loop's own settings (epochs, batch size) may change on resume: only the method's config counts
     assert load_checkpoint_state(str(tmp_path), build_experiment("clip", sets=["method.embed_dim=32", "train.epochs=3"]))
+    # a checkpoint older than an option: said so, not "checkpoint None"
+    meta_path = tmp_path / META_FILE
+    meta = json.loads(meta_path.read_text())
+    del meta["method"]["init_temperature"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointMismatchError, match=r"init_temperature: absent from the checkpoint \(an option newer than it"):
+        load_checkpoint_state(str(tmp_path), build_experiment("clip", sets=["method.embed_dim=32"]))
 
 
 def test_torn_copies_are_refused(tmp_path):

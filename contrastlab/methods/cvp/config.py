@@ -28,8 +28,9 @@ class CVPConfig:
     predict_lr: float = 1e-3
     predict_weight_decay: float = 5e-4
     # Stage-1 batch (card §e, §g: 128; stage 2 uses train.batch_size, 256). The platform reads one batch
-    # size per run, so stage 1 splits each training batch into chunks of this many rows and takes one Adam
-    # step per chunk: the card's batch size and number of steps. 0 = one step per training batch.
+    # size per run, so stage 1 splits each training batch into near-equal chunks of about this many rows,
+    # one Adam step each (one micro-batch under train.accumulate): the card's batch size and number of
+    # steps. 0 = one step per training batch.
     predict_batch_size: int = 128
     # stage 2: COMPLETER contrastive network
     contrast_epochs: int = 500  # 0 = stage-1 views only (the ablation)

@@ -18,7 +18,7 @@ Two phases (method.phases()), then an SVM in evaluate():
 
 Batch sizes (card §e, §g: stage 1 128, stage 2 256): the data arrive in batches of train.batch_size (256,
 the stage-2 value); stage 1 splits each into chunks of method.predict_batch_size (128) with one Adam step
-per chunk, so it runs at the card's batch size and number of steps.
+per chunk (a micro-batch under train.accumulate), so it runs at the card's batch size and number of steps.
 """
 from __future__ import annotations
 
@@ -192,19 +192,22 @@ class CVP(nn.Module):
         return self._contrast_step(batch, ctx)
 
     def _predict_step(self, patch: torch.Tensor, ctx) -> dict[str, float]:
-        """Stage 1: one Adam step per chunk of method.predict_batch_size rows (the card's stage-1 batch);
-        logs the chunks' mean losses. Every rank holds train.batch_size rows (drop_last), so all ranks take
-        the same number of steps and their gradient all-reduces pair up."""
-        size = self.cfg.predict_batch_size or patch.shape[0]
+        """Stage 1: one Adam step (one micro-batch under train.accumulate) per chunk of about
+        method.predict_batch_size rows, the card's stage-1 batch: the batch is cut into the nearest whole
+        number of near-equal chunks (256 rows at 128: two of 128; 300: two of 150), never below the two
+        rows BatchNorm needs. Logs the row-weighted mean losses. Every rank holds train.batch_size rows
+        (drop_last), so all ranks take the same number of steps and their gradient all-reduces pair up."""
+        rows = patch.shape[0]
+        size = self.cfg.predict_batch_size or rows
+        n = max(1, min(int(round(rows / size)), rows // 2))
         sums = torch.zeros(3)
-        chunks = patch.split(size)
-        for chunk in chunks:
+        for chunk in patch.tensor_split(n):
             with ctx.autocast():
                 l12, l21 = self.predict_losses(chunk)
             loss = l12 + l21
             ctx.optimize(loss, "predict")
-            sums += torch.stack([loss.detach(), l12.detach(), l21.detach()]).float().cpu()
-        mean = (sums / len(chunks)).tolist()
+            sums += torch.stack([loss.detach(), l12.detach(), l21.detach()]).float().cpu() * chunk.shape[0]
+        mean = (sums / rows).tolist()
         return {"loss": mean[0], "loss_p12": mean[1], "loss_p21": mean[2]}
 
     def _contrast_step(self, batch: dict, ctx) -> dict[str, float]:

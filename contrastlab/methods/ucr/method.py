@@ -13,7 +13,8 @@ Batches therefore carry about batch_size / (1 + old_batch_ratio) new rows and th
 the card's two separate batches (32 + 32) become one mixed batch of 64 (one forward, see below).
 `phase_data=all` is the first design, kept for comparison: every domain every epoch, filtered in
 train_step (about batch_size / n_domains new rows per step, n_domains times the decoding). The
-clustering pass reads every training image either way (the EMA runs on current-domain rows only).
+clustering pass reads every training image either way (the EMA, or in a source phase the online
+model, runs on current-domain rows only).
 Batch composition is random (no P x K identity sampler; card b/i: new batch 8 pseudo-ids x 4, old
 batch 16 old ids x 2, two loaders in lock-step). L_ccl and L_old contrast each row with the centroid
 memory and L_cam with the proxy memory, so they only get noisier. L_kl does change: it distils the
@@ -24,8 +25,11 @@ With random draws a sibling shares the batch with probability about (old rows pe
 buffer size (about 0.25 in d2 at the small-scale defaults, falling as the buffer grows; about 0.02
 at official scale). L_kl then mostly distils relations between different old identities, and only
 L_old keeps each identity together. The number of old rows per batch also varies (about
-batch_size * r / (1 + r), r = old_batch_ratio) instead of being exactly 32, and an upsampled buffered
-image can meet its own copy (another augmentation).
+batch_size * r / (1 + r), r = old_batch_ratio) instead of being exactly 32, and a repeated image (a
+buffered one, or a new-domain one repeated to iters_per_epoch) can meet its own copy (another
+augmentation). The streams are sized from the domain's images, DBSCAN outliers included; the step
+drops those rows, so a step holds somewhat fewer than 32 usable new rows (the card samples clustered
+images only).
 
 Steps per domain (card g: 6 epochs x 40 iterations, batch 32 new + 32 old = 240 steps per domain).
 `method.iters_per_epoch` (default 40) fixes a seen domain's epoch at that many batches' worth of
@@ -42,18 +46,20 @@ session 20). Both arms then train alike until the buffer exists. `iters_per_epoc
 selection once per epoch (before session 20: 480 // 64 = 7 steps per epoch at the embedded defaults,
 42 per domain). Labelled source phases (the warm start, card g: "2 min supervised") always read their
 domain once per epoch. The EMA at alpha 0.999 keeps 0.999^240 = 79% of its domain-start weights, as
-on the card.
+on the card. iters_per_epoch applies with phase_data=select (with `all` an epoch is the whole train
+split); under train.accumulate a chunk is one micro-batch.
 
 Per epoch: cluster EMA eval features of the current domain (k-reciprocal Jaccard + DBSCAN; on
-rank 0, broadcast), recompute centroids C_new and per-camera proxies. Per step:
+rank 0, broadcast; a source phase takes its ground-truth ids over the online model's features),
+recompute centroids C_new and per-camera proxies. Per step:
 L = L_ccl + L_cam (+ L_old + L_kl from the second seen domain on), Adam, EMA update.
 End of each seen domain: buffer += the mem_samples most central images of every cluster (with
 centroids and proxies), old model <- EMA. End of each labelled source phase: EMA <- online
 (parameters and buffers), so both models start the first seen domain from the warm start (card c:
 identical init; card g: the warm start stands in for the pre-training both models share). Without
-that the EMA, updated only about 15 times at alpha 0.999, would still be about 98.5% its random
-init, and online <- EMA would discard the warm start. Start of each domain after the first:
-online <- EMA. In a source phase the centroids (the classifier L_ccl trains against, from the
+that the EMA, updated only about 28 times at alpha 0.999 (2 epochs of 7 batches, each stepped as
+two), would still be about 97% its random init, and online <- EMA would discard the warm start.
+Start of each domain after the first: online <- EMA. In a source phase the centroids (the classifier L_ccl trains against, from the
 ground-truth ids) come from the online model's features (`source_cluster_model=online`): the EMA
 is still its random init there, so its centroids would be random-feature class means for the
 whole warm start (`ema`, the behaviour before session 20). Seen domains cluster the EMA's, as
@@ -400,7 +406,10 @@ class UCR(nn.Module):
         from contrastlab.platform.data.selection import DataSelection
 
         c = self.cfg
-        if c.phase_data == "all":
+        accumulate = max(1, int(getattr(ctx.exp.train, "accumulate", 1)))
+        if c.phase_data == "all":  # every batch of the whole split; the warm-up counts its optimiser steps
+            chunks = 1 if self._buffer_in_batches(ctx) else len(self._chunk_sizes(ctx.exp.train.batch_size))
+            self._steps_per_epoch = max(1, ctx.steps_per_epoch * chunks // accumulate)
             return None
         source = self._is_source(ctx.phase)
         use_old = self._buffer_in_batches(ctx)
@@ -412,9 +421,10 @@ class UCR(nn.Module):
             new_rows = c.iters_per_epoch * global_batch * new_share
             new_copies = new_rows / n_new
         rows = new_rows * (1 + (c.old_batch_ratio if use_old else 0.0))
-        # the per-domain warm-up counts in this stream's optimiser steps, not in the whole train split's
+        # the per-domain warm-up counts this stream's optimiser steps (phase_step), not the whole split's
+        # batches: chunks per batch, one step per `accumulate` chunks
         chunks = 1 if use_old else len(self._chunk_sizes(ctx.exp.train.batch_size))
-        self._steps_per_epoch = max(1, int(rows // global_batch) * chunks)
+        self._steps_per_epoch = max(1, int(rows // global_batch) * chunks // accumulate)
         if not use_old:
             return DataSelection("domain", (ctx.phase,), value_copies=new_copies)
         copies = c.old_batch_ratio * new_rows / self.buf_index.numel()
@@ -475,8 +485,9 @@ class UCR(nn.Module):
         c = self.cfg
         if not (c.split_unbuffered_batches and c.rehearsal and c.old_batch_ratio > 0):
             return [rows]
-        size = max(2, int(round(rows / (1 + c.old_batch_ratio))))  # BatchNorm needs two rows
-        return [min(size, rows - start) for start in range(0, rows, size)]
+        # near-equal chunks (64 rows, r = 2: 22 + 21 + 21), none below the two rows BatchNorm needs
+        n = max(1, min(int(round(1 + c.old_batch_ratio)), rows // 2))
+        return [rows // n + (1 if i < rows % n else 0) for i in range(n)]
 
     def train_step(self, batch: dict, ctx) -> dict[str, float]:
         rows = int(batch["index"].shape[0])
@@ -488,7 +499,8 @@ class UCR(nn.Module):
             part = {k: (v[start:start + size] if torch.is_tensor(v) and v.ndim and v.shape[0] == rows else v) for k, v in batch.items()}
             logs.append(self._train_step(part, ctx))
             start += size
-        out = {k: float(np.mean([lg[k] for lg in logs])) for k in logs[0] if not k.startswith("n_")}
+        learned = [lg for lg in logs if lg["n_new"] + lg["n_old"] >= 2] or logs  # chunks that had a loss
+        out = {k: float(np.mean([lg[k] for lg in learned])) for k in logs[0] if not k.startswith("n_")}
         out.update({k: float(sum(lg[k] for lg in logs)) for k in logs[0] if k.startswith("n_")})
         return out
 
@@ -504,8 +516,14 @@ class UCR(nn.Module):
         n_new, n_old = int(new.sum()), int(old.sum())
         zero = {"loss": 0.0, "loss_ccl": 0.0, "loss_cam": 0.0, "loss_old": 0.0, "loss_kl": 0.0,
                 "n_new": float(n_new), "n_old": float(n_old)}
-        if n_new + n_old < 2 or self.centroids.shape[0] == 0:
-            return zero  # BatchNorm needs two rows; nothing to learn from this batch
+        if self.centroids.shape[0] == 0:
+            return zero  # no clusters this epoch (the same on every rank: labels are broadcast)
+        if n_new + n_old < 2:  # BatchNorm needs two rows; nothing to learn from this batch
+            if getattr(ctx, "world_size", 1) > 1:
+                # the other ranks step: join their gradient all-reduce with zero gradients (DDP's
+                # average), so no rank waits alone and the EMA and phase_step stay identical
+                ctx.optimize(sum(p.sum() for p in self.online.parameters()) * 0.0, "main")
+            return zero
         strong = torch.cat([batch["image"][new], batch["image"][old]])
         with ctx.autocast():
             feats = self.online(normalize_batch(strong)).float()
