@@ -59,11 +59,11 @@ centroids and proxies), old model <- EMA. End of each labelled source phase: EMA
 identical init; card g: the warm start stands in for the pre-training both models share). Without
 that the EMA, updated only about 28 times at alpha 0.999 (2 epochs of 7 batches, each stepped as
 two), would still be about 97% its random init, and online <- EMA would discard the warm start.
-Start of each domain after the first: online <- EMA. In a source phase the centroids (the classifier L_ccl trains against, from the
-ground-truth ids) come from the online model's features (`source_cluster_model=online`): the EMA
-is still its random init there, so its centroids would be random-feature class means for the
-whole warm start (`ema`, the behaviour before session 20). Seen domains cluster the EMA's, as
-the card.
+Start of each domain after the first: online <- EMA. In a source phase the centroids (the
+classifier L_ccl trains against, from the ground-truth ids) come from the online model's features
+(`source_cluster_model=online`): the EMA is still its random init there, so its centroids would be
+random-feature class means for the whole warm start (`ema`, the behaviour before session 20). Seen
+domains cluster the EMA's, as the card.
 
 Deviations / options (flags): `proxy_norm` (column = official quirk, row = intended),
 `label_offset` (intended | official, see `_append_buffer`), negatives when fewer than
