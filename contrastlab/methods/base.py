@@ -103,3 +103,12 @@ class EvalSpec:
     metric: str
     mode: str = "max"
     extra: list[str] = field(default_factory=list)
+
+
+def step_chunks(rows: int, target_rows: float) -> list[int]:
+    """Row counts for stepping one loader batch as several optimiser steps of about `target_rows` each
+    (a method whose card batch is smaller than the run's one loader batch: CVP's stage 1, UCR without
+    a buffer): the nearest whole number of near-equal chunks, none below the two rows BatchNorm needs
+    (256 at 128: [128, 128]; 64 at 21.3: [22, 21, 21]; 9 at 4: [5, 4])."""
+    n = max(1, min(int(round(rows / max(target_rows, 1e-9))), rows // 2))
+    return [rows // n + (1 if i < rows % n else 0) for i in range(n)]

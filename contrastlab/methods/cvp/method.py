@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastlab.methods.base import OptimSpec
+from contrastlab.methods.base import OptimSpec, step_chunks
 from contrastlab.methods.cvp.bands import SCHEMES, split_bands
 from contrastlab.methods.cvp.config import SMALL_SCALE, CVPConfig
 from contrastlab.methods.cvp.loss import cluster_usage, mi_loss, pre_weight, prediction_loss, reconstruction_loss, stage2_total
@@ -198,10 +198,8 @@ class CVP(nn.Module):
         rows BatchNorm needs. Logs the row-weighted mean losses. Every rank holds train.batch_size rows
         (drop_last), so all ranks take the same number of steps and their gradient all-reduces pair up."""
         rows = patch.shape[0]
-        size = self.cfg.predict_batch_size or rows
-        n = max(1, min(int(round(rows / size)), rows // 2))
         sums = torch.zeros(3)
-        for chunk in patch.tensor_split(n):
+        for chunk in patch.split(step_chunks(rows, self.cfg.predict_batch_size or rows)):
             with ctx.autocast():
                 l12, l21 = self.predict_losses(chunk)
             loss = l12 + l21

@@ -82,7 +82,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from contrastlab.methods.base import OptimSpec
+from contrastlab.methods.base import OptimSpec, step_chunks
 from contrastlab.methods.ucr import clustering as cl
 from contrastlab.methods.ucr.loss import PROXY_NORMS, camera_proxy_contrast, centroid_contrast, ema_update, similarity_kl
 from contrastlab.methods.ucr.model import BACKBONES, ReIDEncoder
@@ -485,9 +485,7 @@ class UCR(nn.Module):
         c = self.cfg
         if not (c.split_unbuffered_batches and c.rehearsal and c.old_batch_ratio > 0):
             return [rows]
-        # near-equal chunks (64 rows, r = 2: 22 + 21 + 21), none below the two rows BatchNorm needs
-        n = max(1, min(int(round(1 + c.old_batch_ratio)), rows // 2))
-        return [rows // n + (1 if i < rows % n else 0) for i in range(n)]
+        return step_chunks(rows, rows / (1 + c.old_batch_ratio))
 
     def train_step(self, batch: dict, ctx) -> dict[str, float]:
         rows = int(batch["index"].shape[0])
