@@ -80,14 +80,13 @@ def gather_arrays(arrays: dict[str, np.ndarray], chunk_bytes: int = 64 << 20) ->
     out: list[dict[str, np.ndarray]] = [{} for _ in metas]
     device = _collective_device()
     for name in sorted({k for m in metas for k in m}):
-        dtypes = [m[name][0] for m in metas if name in m]
-        numeric = all(d.kind in "biufc" for d in dtypes)
+        held_by = [m[name] for m in metas if name in m]  # (dtype, shape) of the ranks that hold it
+        numeric = all(d.kind in "biufc" for d, _ in held_by)
         # strings differ in width per rank ('<U4', '<U5'): only their kind must agree; they are pickled
-        held = {(d.str if numeric else d.kind, tuple(m[name][1][1:])) for d, m in zip(dtypes, (m for m in metas if name in m))}
+        held = {(d.str if numeric else d.kind, tuple(shape[1:])) for d, shape in held_by}
         if len(held) > 1:
             raise ValueError(f"gather_arrays: ranks disagree on {name!r}'s dtype and row shape: {sorted(held)}")
-        row_shape = held.pop()[1]
-        dtype = dtypes[0]
+        dtype, row_shape = held_by[0][0], tuple(held_by[0][1][1:])
         rows = [m[name][1][0] if name in m else 0 for m in metas]
         local = arrays.get(name, np.zeros((0, *row_shape), dtype))
         if not numeric:  # strings, objects, records: pickled
