@@ -130,6 +130,7 @@ class StepContext:
     _micro: dict[str, int] = field(default_factory=dict)
     _opt_steps: dict[str, int] = field(default_factory=dict)
     _scaled_steps: set = field(default_factory=set)  # optimisers stepped through the fp16 scaler since its update
+    fp16_skipped_steps: dict[str, int] = field(default_factory=dict)  # per optimiser: steps the fp16 scaler skipped (overflow)
 
     @property
     def is_main(self) -> bool:
@@ -176,8 +177,10 @@ class StepContext:
         opt, spec = self.optimizers[name], self.specs[name]
         params = [p for g in opt.param_groups for p in g["params"]]
         sync_gradients(params, self.world_size)
+        overflowed = False
         if self.scaler is not None:
             self.scaler.unscale_(opt)
+            overflowed = self._grads_overflowed(params)
         clip = spec.clip_grad_norm or self.exp.train.grad_clip
         if clip > 0:
             torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip)
@@ -193,6 +196,13 @@ class StepContext:
         else:
             opt.step()
         opt.zero_grad(set_to_none=True)
+        if overflowed:
+            # GradScaler.step skipped this step (fp16 overflow; update() lowers the scale): the weights
+            # did not move, so neither do the LR schedule nor the method's after-step work (momentum
+            # encoders, queues), as if the batch had not been stepped; counted for TensorBoard
+            skipped = self.fp16_skipped_steps[name] = self.fp16_skipped_steps.get(name, 0) + 1
+            self.log({f"fp16_skipped_steps/{name}": skipped})
+            return
         hook = getattr(self.method, "after_optimizer_step", None)
         if hook:
             hook(name, self)
@@ -200,6 +210,15 @@ class StepContext:
         factor = lr_factor(n, self.total_steps, spec)
         for group, base in zip(opt.param_groups, self.base_lrs[name]):
             group["lr"] = base * factor
+
+    @staticmethod
+    def _grads_overflowed(params: list[torch.Tensor]) -> bool:
+        """Whether GradScaler.step will skip: an inf/NaN in the unscaled gradients (its own test, done
+        with public ops; one device sync, as the scaler's step makes anyway)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return False
+        return not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
     def end_iteration(self) -> None:
         """The loop calls this after each train_step: update the fp16 loss scale once if any optimiser
@@ -368,6 +387,7 @@ def save_checkpoint(directory: str, ctx: StepContext, epoch_done: int, step_in_e
         "optimizers": {k: o.state_dict() for k, o in ctx.optimizers.items()},
         "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else {},
         "opt_steps": dict(ctx._opt_steps),
+        "fp16_skipped_steps": dict(ctx.fp16_skipped_steps),
         "micro": dict(ctx._micro),
         "step": ctx.step,
         "epoch_done": epoch_done,  # epochs fully finished
@@ -464,6 +484,7 @@ def restore_context(ctx: StepContext, state: dict) -> tuple[int, int]:
     # gradients of a half-done accumulation are not in the checkpoint: start a fresh one, so the
     # first step after a resume sums train.accumulate micro-batches, not only the ones left
     ctx._opt_steps, ctx._micro = dict(state["opt_steps"]), {}
+    ctx.fp16_skipped_steps = dict(state.get("fp16_skipped_steps", {}))  # absent from checkpoints before session 21
     ctx.step, ctx.phase = state["step"], state["phase"]
     if ctx.rank < len(state["rng"]):
         set_rng_state(state["rng"][ctx.rank])

@@ -103,3 +103,45 @@ def test_an_optimiser_stepped_twice_in_one_iteration_gets_its_own_update():
     ctx.end_iteration()
     assert model.d.weight.item() == -1.0  # two SGD steps of gradient 1
     assert ctx.scaler.get_scale() == 16.0
+
+
+class CountsAfterSteps(TwoOptimisers):
+    def __init__(self):
+        super().__init__()
+        self.after_steps = 0
+
+    def after_optimizer_step(self, name, ctx):
+        self.after_steps += 1
+
+
+def test_a_step_the_fp16_scaler_skips_moves_neither_the_schedule_nor_the_after_step_hook():
+    """fp16 overflow: GradScaler.step leaves the weights as they were, so the LR schedule, the
+    method's after-step work (momentum encoders, UCR's phase counter) must not advance either; the
+    skip is counted (TensorBoard `train/fp16_skipped_steps/<optimiser>`) and survives a checkpoint."""
+    import tempfile
+
+    from contrastlab.platform.train import load_checkpoint_state, restore_context, save_checkpoint
+
+    exp = build_experiment("clip", sets=[])
+    model = CountsAfterSteps()
+    ctx = build_context(exp, model, device=torch.device("cpu"))
+    # scale 2**127 x gradient 2 = 2**128 overflows fp32: skipped, and update() halves the scale;
+    # 2**126 x 2 is finite: the next step goes through
+    ctx.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127, growth_interval=1000)
+    x = torch.ones(1, 1)
+    ctx.optimize(2 * model.d(x).sum(), "d")
+    ctx.end_iteration()
+    assert model.d.weight.item() == 1.0 and model.d.weight.grad is None
+    assert ctx._opt_steps.get("d", 0) == 0 and model.after_steps == 0
+    assert ctx.fp16_skipped_steps == {"d": 1}
+    assert ctx.scaler.get_scale() == 2.0 ** 126
+    ctx.optimize(2 * model.d(x).sum(), "d")
+    ctx.end_iteration()
+    assert model.d.weight.item() == -1.0  # 1 - lr 1 x gradient 2
+    assert ctx._opt_steps["d"] == 1 and model.after_steps == 1
+    assert ctx.fp16_skipped_steps == {"d": 1}
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(d, ctx, epoch_done=0, step_in_epoch=1, rng_states=[])
+        fresh = build_context(exp, CountsAfterSteps(), device=torch.device("cpu"))
+        restore_context(fresh, load_checkpoint_state(d, exp))
+    assert fresh.fp16_skipped_steps == {"d": 1} and fresh._opt_steps == {"d": 1}
