@@ -160,6 +160,47 @@ def test_heldout_split_uses_heldout_compositions_only_there(generated):
     assert meta["zero_shot"]["colour_shape"]["classnames"] == CLASSES
 
 
+def _named_classes(text: str) -> set[int]:
+    parsed = sr.parse_caption(text)
+    return {class_id(*parsed["a"]), class_id(*parsed["b"])}
+
+
+def test_no_train_or_test_text_names_a_heldout_composition(generated):
+    """Regression: word rewrites drew any colour or shape, so 64% of train pairs' negatives (and their
+    stored hard negatives) named a held-out colour x shape; only the CMCL arm trains on them, and
+    card g's comparison is on exactly those compositions. Every mined text of train and test avoids
+    them; the held-out split's evaluation negatives may use any."""
+    _, _, meta, samples = generated
+    held = set(meta["heldout_classes"])
+    for split in ("train", "test"):
+        for s in samples[split]:
+            info = s["json"]
+            texts = [s["txt"]] if "txt" in s else []
+            if info["stream"] == 0:
+                texts += [*info["pos_texts"], *info["ret_texts"], *(n["text"] for n in info["neg_texts"]), *info["hard_negatives"]]
+            for t in texts:
+                assert not _named_classes(t) & held, (split, t)
+    rewrites = [n for s in samples["train"] if s["json"]["stream"] == 0 for n in s["json"]["neg_texts"] if n["level"] == "word"]
+    assert {n["node"] for n in rewrites} == {"attribute", "object"}  # both word kinds survive the filter
+
+
+def test_rewrites_avoid_forbidden_pairs_and_keep_every_kind():
+    """Every slot of a seen object keeps an allowed swap for every held-out draw the generator can
+    make (at most 2 held-out shapes per colour): the three evaluation kinds always exist."""
+    rng = np.random.default_rng(5)
+    for seed in range(20):
+        for n_combos in (5, 12):
+            heldout = sr.choose_heldout_combos(seed, n_combos)
+            forbidden = frozenset(tuple(CLASSES[c].split(" ")) for c in heldout)
+            seen = [c for c in range(24) if c not in heldout]
+            a, rel, b = sr._draw_graph(rng, seen)
+            caption = sr.make_caption(a, rel, b, rng, synonyms=True)
+            negatives = [neg["text"] for neg in sr.word_and_phrase_negatives(caption, rng, forbidden)]
+            for t in negatives + sr.eval_hard_negatives(caption, rng, forbidden):
+                assert not _named_classes(t) & set(heldout), (t, heldout)
+            assert len(sr.eval_hard_negatives(caption, rng, forbidden)) == 3
+
+
 def test_generation_is_deterministic(tmp_path):
     kw = dict(seed=0, n_train=30, n_test=3, n_heldout=3, image_size=24, n_heldout_combos=5, stream_mix="1:1:1", n_paraphrases=2,
               n_sent_negatives=2, n_ret_texts=1, n_ret_images=1, ret_image_match="graph")

@@ -12,7 +12,8 @@ Splits (every sample's json has a unique int `index`):
 - `train`: `n_train` samples whose `stream` is drawn in the `stream_mix` proportions (default
   1:1:1): 0 = image-text pair (jpg, txt, json), 1 = text-only (txt, json), 2 = image-only (jpg,
   json). The text-only and image-only pools come from the same generator; none uses a held-out
-  colour x shape combination.
+  colour x shape combination, and neither does any mined text (rewritten negatives and evaluation
+  hard negatives of the train and test splits are drawn among seen combinations).
 - `test`: pairs of training combinations (new scenes).
 - `heldout`: pairs in which at least one object is a held-out colour x shape combination
   (shapes-captions' `choose_heldout_combos`): compositions never seen in training.
@@ -170,36 +171,50 @@ def surface_relation(rel: str, rng: np.random.Generator) -> str:
     return phrases[rng.integers(len(phrases))]
 
 
-def word_and_phrase_negatives(caption: str, rng: np.random.Generator) -> list[dict]:
+def _swap_choices(obj: tuple[str, str], forbidden: frozenset) -> tuple[list[str], list[str]]:
+    """The colours and shapes a word rewrite may give `obj`: any other value, except one that would
+    name a `forbidden` (held-out) colour x shape combination."""
+    colours = [c for c in COLOURS if c != obj[0] and (c, obj[1]) not in forbidden]
+    shapes = [s for s in SHAPES if s != obj[1] and (obj[0], s) not in forbidden]
+    return colours, shapes
+
+
+def word_and_phrase_negatives(caption: str, rng: np.random.Generator, forbidden: frozenset = frozenset()) -> list[dict]:
     """Every object/attribute/relation rewrite kind once per slot: colour and shape of both objects
-    (word level, one random new value each) and every other asymmetric relation (phrase level)."""
+    (word level, one random new value each) and every other asymmetric relation (phrase level).
+    No rewrite names a `forbidden` colour x shape pair: the train split's negatives must not show
+    the held-out compositions either (a slot with no allowed value gets no rewrite)."""
     parsed = parse_caption(caption)
     out = []
     for side, obj in (("a", parsed["a"]), ("b", parsed["b"])):
-        colour = [c for c in COLOURS if c != obj[0]]
-        shape = [s for s in SHAPES if s != obj[1]]
-        out.append({"text": rewrite(caption, f"{side}_colour", surface_word(colour[rng.integers(len(colour))], rng)), "level": "word",
-                    "node": "attribute"})
-        out.append({"text": rewrite(caption, f"{side}_shape", surface_word(shape[rng.integers(len(shape))], rng)), "level": "word",
-                    "node": "object"})
+        colour, shape = _swap_choices(obj, forbidden)
+        if colour:
+            out.append({"text": rewrite(caption, f"{side}_colour", surface_word(colour[rng.integers(len(colour))], rng)),
+                        "level": "word", "node": "attribute"})
+        if shape:
+            out.append({"text": rewrite(caption, f"{side}_shape", surface_word(shape[rng.integers(len(shape))], rng)),
+                        "level": "word", "node": "object"})
     for rel in RELATIONS:
         if rel != parsed["rel"] and rel not in SYMMETRIC_RELATIONS:
             out.append({"text": rewrite(caption, "rel", surface_relation(rel, rng)), "level": "phrase", "node": "relation"})
     return out
 
 
-def eval_hard_negatives(caption: str, rng: np.random.Generator) -> list[str]:
-    """One attribute swap, one object swap and one relation swap (EVAL_HARD_NEGATIVE_KINDS order)."""
+def eval_hard_negatives(caption: str, rng: np.random.Generator, forbidden: frozenset = frozenset()) -> list[str]:
+    """One attribute swap, one object swap and one relation swap (EVAL_HARD_NEGATIVE_KINDS order), on
+    a random object among those that have an allowed new value (none naming a `forbidden` pair)."""
     parsed = parse_caption(caption)
-    side = "ab"[rng.integers(2)]
-    obj = parsed[side]
-    colour = [c for c in COLOURS if c != obj[0]]
-    side2 = "ab"[rng.integers(2)]
-    shape = [s for s in SHAPES if s != parsed[side2][1]]
+    choices = {side: _swap_choices(parsed[side], forbidden) for side in "ab"}
+    swaps = []
+    for kind, what in ((0, "colour"), (1, "shape")):
+        sides = [side for side in "ab" if choices[side][kind]]
+        if not sides:
+            raise ValueError(f"no {what} swap of {caption!r} avoids the held-out combinations {sorted(forbidden)}")
+        side = sides[rng.integers(len(sides))]
+        values = choices[side][kind]
+        swaps.append(rewrite(caption, f"{side}_{what}", surface_word(values[rng.integers(len(values))], rng)))
     rels = [r for r in RELATIONS if r != parsed["rel"] and r not in SYMMETRIC_RELATIONS]
-    return [rewrite(caption, f"{side}_colour", surface_word(colour[rng.integers(len(colour))], rng)),
-            rewrite(caption, f"{side2}_shape", surface_word(shape[rng.integers(len(shape))], rng)),
-            rewrite(caption, "rel", surface_relation(rels[rng.integers(len(rels))], rng))]
+    return swaps + [rewrite(caption, "rel", surface_relation(rels[rng.integers(len(rels))], rng))]
 
 
 def paraphrases(caption: str, n: int, rng: np.random.Generator) -> list[str]:
@@ -346,7 +361,7 @@ def _index_row(sample: dict) -> dict:
 
 
 def _mining_context(rows: list[dict], *, seed: int, n_paraphrases: int, n_sent_negatives: int, n_ret_texts: int,
-                    n_ret_images: int, ret_image_match: str) -> dict:
+                    n_ret_images: int, ret_image_match: str, forbidden: frozenset = frozenset()) -> dict:
     """The driver's global structures, built once from the index rows and broadcast to pass 2:
     per pair key its graph and TF-IDF sentence negatives (captions of other pair scenes), the
     text-only pool by graph and the image-only pool by object set (or graph), in sample order."""
@@ -363,6 +378,7 @@ def _mining_context(rows: list[dict], *, seed: int, n_paraphrases: int, n_sent_n
         "pairs": {r["key"]: {"graph": r["graph"], "sent_negs": [pairs[j]["caption"] for j in nn]} for r, nn in zip(pairs, sent_nn)},
         "text_pool": text_pool, "image_pool": image_pool, "seed": seed, "n_paraphrases": n_paraphrases,
         "n_ret_texts": n_ret_texts, "n_ret_images": n_ret_images, "ret_image_match": ret_image_match,
+        "forbidden": frozenset(forbidden),
     }
 
 
@@ -380,11 +396,12 @@ def _build_sample(sample: dict, ctx: dict) -> tuple[str, dict]:
         texts = ctx["text_pool"].get(graph, [])
         ret = [texts[j] for j in rng.permutation(len(texts))[:ctx["n_ret_texts"]]]
         negs = [{"text": t, "level": "sent", "node": "sentence"} for t in mined["sent_negs"]]
-        negs += word_and_phrase_negatives(caption, rng)
+        forbidden = ctx["forbidden"]
+        negs += word_and_phrase_negatives(caption, rng, forbidden)
         positives = {caption, *pos, *ret}
         # No negative may equal a positive, as a string or as a graph (card h.5).
         negs = [n for n in negs if n["text"] not in positives and parse_caption(n["text"])["graph"] != graph]
-        info.update(pos_texts=pos, ret_texts=ret, neg_texts=negs, hard_negatives=eval_hard_negatives(caption, rng),
+        info.update(pos_texts=pos, ret_texts=ret, neg_texts=negs, hard_negatives=eval_hard_negatives(caption, rng, forbidden),
                     hard_negative_kinds=list(EVAL_HARD_NEGATIVE_KINDS), graph=json.loads(json.dumps(graph)))
         pool = ctx["image_pool"].get(object_set(graph) if ctx["ret_image_match"] == "objects" else graph, [])
         picks = rng.permutation(len(pool))[:ctx["n_ret_images"]]
@@ -397,7 +414,7 @@ def _build_sample(sample: dict, ctx: dict) -> tuple[str, dict]:
 
 def mine_and_rewrite(in_shards: list[str], out_dir, *, prefix: str = "train", seed: int = 0, n_paraphrases: int = 2,
                      n_sent_negatives: int = 2, n_ret_texts: int = 2, n_ret_images: int = 2,
-                     ret_image_match: str = "objects", engine: str = "auto") -> list[str]:
+                     ret_image_match: str = "objects", forbidden_combos=(), engine: str = "auto") -> list[str]:
     """Offline positives/negatives (card d) over raw shards -> final shards `out_dir/<prefix>-*.tar`
     (one per raw shard, same numbering) plus `<prefix>.manifest.json`.
 
@@ -406,7 +423,9 @@ def mine_and_rewrite(in_shards: list[str], out_dir, *, prefix: str = "train", se
     retrieved texts (text-only pool sentences with the same graph), retrieved images (image-only pool
     images whose scene has the same object set, `ret_image_match="objects"`, or the same graph,
     `"graph"`), stored inline as `ret<k>.jpg`, and the three evaluation hard negatives. Every stored
-    negative differs from every stored positive as a graph. Text-only and image-only samples pass
+    negative differs from every stored positive as a graph, and no rewrite names a colour x shape
+    pair in `forbidden_combos` ((colour, shape) tuples: the held-out compositions, for every split
+    but `heldout`). Text-only and image-only samples pass
     through unchanged. Deterministic in `seed` (randomness per sample index), identical for every
     engine. Runs once, before training (never per epoch).
 
@@ -420,7 +439,8 @@ def mine_and_rewrite(in_shards: list[str], out_dir, *, prefix: str = "train", se
         raise ValueError(f"ret_image_match must be 'objects' or 'graph', got {ret_image_match!r}")
     rows = collect_shards(in_shards, _index_row, engine, label=f"shapes-relations mining {prefix}: index")
     context = _mining_context(rows, seed=seed, n_paraphrases=n_paraphrases, n_sent_negatives=n_sent_negatives,
-                              n_ret_texts=n_ret_texts, n_ret_images=n_ret_images, ret_image_match=ret_image_match)
+                              n_ret_texts=n_ret_texts, n_ret_images=n_ret_images, ret_image_match=ret_image_match,
+                              forbidden=frozenset(tuple(c) for c in forbidden_combos))
     del rows  # pass 2 needs only the context: free the index rows (captions, graphs) while it runs
     return map_shards(in_shards, out_dir, prefix, _build_sample, context, engine, label=f"shapes-relations mining {prefix}")
 
@@ -445,6 +465,7 @@ def generate(out_dir: Path, *, seed: int, n_train: int, n_test: int, n_heldout: 
     mix = parse_mix(stream_mix)
     heldout = choose_heldout_combos(seed, n_heldout_combos)
     seen = [c for c in range(len(CLASSES)) if c not in heldout]
+    heldout_pairs = [tuple(CLASSES[c].split(" ")) for c in heldout]  # (colour, shape): no train/test rewrite names one
     out_dir = Path(out_dir)
     raw = out_dir / "_raw"
     splits, first = {}, 0
@@ -452,7 +473,8 @@ def generate(out_dir: Path, *, seed: int, n_train: int, n_test: int, n_heldout: 
         raw_paths = write_split(raw, split, _raw_samples(split, n, first, seed, image_size, seen, heldout, mix), n, "shapes-relations")
         splits[split] = mine_and_rewrite(raw_paths, out_dir, prefix=split, seed=seed + _SPLIT_STREAM[split], n_paraphrases=n_paraphrases,
                                          n_sent_negatives=n_sent_negatives, n_ret_texts=n_ret_texts, n_ret_images=n_ret_images,
-                                         ret_image_match=ret_image_match)
+                                         ret_image_match=ret_image_match,
+                                         forbidden_combos=() if split == "heldout" else heldout_pairs)
         first += n
     shutil.rmtree(raw, ignore_errors=True)
     templates = ["a photo of a {}.", "there is a {}.", "an image of a {}."]
@@ -476,7 +498,8 @@ SPEC = DatasetSpec(
     defaults={"n_train": 3000, "n_test": 300, "n_heldout": 500, "image_size": 48, "n_heldout_combos": 5, "stream_mix": "1:1:1",
               "n_paraphrases": 2, "n_sent_negatives": 2, "n_ret_texts": 2, "n_ret_images": 2, "ret_image_match": "objects"},
     generate=generate,
-    version=3,  # 3: captions and rewrites use synonyms like paraphrases (removes a CMCL shortcut)
+    version=4,  # 4: train/test rewrites never name a held-out colour x shape (they did in 64% of train pairs)
+    # (3: captions and rewrites use synonyms like paraphrases, removing a CMCL shortcut)
     # (2: mining as a per-shard Ray Data stage with per-sample randomness)
     choices={"ret_image_match": ("objects", "graph")},
 )
