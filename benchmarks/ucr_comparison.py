@@ -3,7 +3,7 @@
     # full: default synthetic-reid (source d0 + seen d1-d3 + unseen u1-u2, 60 train ids x 8 images per
     # domain), 2 source epochs + 6 epochs per domain of 40 iterations (method.iters_per_epoch, card g),
     # 32 new-domain images per step, 3 seeds x 2 arms
-    python benchmarks/ucr_comparison.py --out ucr_comparison.json --seeds 0 1 2
+    python benchmarks/ucr_comparison.py --out ucr_comparison.json --seeds 0 1 2 --jobs 2   # two runs at once on 2 cores
 
     # plumbing check: small data, 1 epoch per phase
     python benchmarks/ucr_comparison.py --quick --out /tmp/ucr_quick.json --seeds 0 1
@@ -40,6 +40,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for a plain checkout
 
 import numpy as np  # noqa: E402
+from _common import run_jobs  # noqa: E402
 
 # new batch 32 in both arms; UCR adds an old batch of 32 (method.old_batch_ratio=1 mixes them into one batch of 64)
 ARMS = {"finetune": ["method.rehearsal=false", "train.batch_size=32"], "ucr": ["method.rehearsal=true", "train.batch_size=64"]}
@@ -51,7 +52,7 @@ QUICK = ["method.source_epochs=2", "method.epochs_per_domain=2", "train.epochs=8
 KEYS = ("mAP_seen", "mAP_unseen", "rank1_seen", "rank1_unseen", "forgetting_mean")
 
 
-def run_one(arm: str, seed: int, quick: bool, extra: list[str]) -> dict:
+def run_one(arm: str, seed: int, quick: bool, extra: list[str], device: str = "cpu") -> dict:
     import torch
 
     from contrastlab.platform.local import run_local
@@ -59,7 +60,7 @@ def run_one(arm: str, seed: int, quick: bool, extra: list[str]) -> dict:
     torch.set_num_threads(1)
     sets = ARMS[arm] + [f"run.seed={seed}"] + (QUICK if quick else []) + list(extra)
     t0 = time.time()
-    r = run_local("ucr", sets, quiet=True)
+    r = run_local("ucr", sets, quiet=True, device=device)
     last = r.history[-1]
     table = r.method.domain_phase_table(r.meta)
     seen = [d for d in r.method.cfg.domains.split(",") if d]
@@ -89,16 +90,26 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--set", dest="extra", action="append", default=[], help="extra --set override for both arms")
+    p.add_argument("--device", default="cpu", help="cuda: every run on the GPU")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (processes, one torch thread each); e.g. 2 on 2 cores, 6 on a GPU box")
     args = p.parse_args(argv)
     runs = [] if args.fresh or not os.path.exists(args.out) else json.load(open(args.out)).get("runs", [])
-    for seed in args.seeds:
-        for arm in ARMS:
-            if any(r["arm"] == arm and r["seed"] == seed for r in runs):
-                continue
-            runs.append(run_one(arm, seed, args.quick, args.extra))
-            print(f"{arm} seed {seed}: " + ", ".join(f"{k}={runs[-1][k]:.4f}" for k in KEYS if k in runs[-1]), flush=True)
-            with open(args.out, "w") as fh:
-                json.dump({"quick": args.quick, "runs": runs, "summary": summarize(runs)}, fh, indent=1)
+    jobs = [(arm, seed, args.quick, args.extra, args.device) for seed in args.seeds for arm in ARMS
+            if not any(r["arm"] == arm and r["seed"] == seed for r in runs)]
+
+    def record(result: dict) -> None:
+        runs.append(result)
+        print(f"{result['arm']} seed {result['seed']}: " + ", ".join(f"{k}={result[k]:.4f}" for k in KEYS if k in result), flush=True)
+        with open(args.out, "w") as fh:
+            json.dump({"quick": args.quick, "runs": runs, "summary": summarize(runs)}, fh, indent=1)
+
+    if jobs:
+        from contrastlab.platform.datasets import ensure_dataset
+        from contrastlab.platform.config import build_experiment
+
+        exp = build_experiment("ucr", sets=list(QUICK if args.quick else []) + list(args.extra))
+        ensure_dataset(exp.data.embedded or "synthetic-reid", **exp.data.embedded_params)  # once, before the worker processes
+    run_jobs(run_one, jobs, args.jobs, record)
     summary = summarize(runs)
     with open(args.out, "w") as fh:
         json.dump({"quick": args.quick, "runs": runs, "summary": summary}, fh, indent=1)

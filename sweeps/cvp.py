@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for a plain checkout
 
-from contrastlab.platform.sweep_cli import sweep_main  # noqa: E402
+from contrastlab.platform.sweep_cli import script_main  # noqa: E402
 
 if __name__ == "__main__":
-    sweep_main("cvp")
+    script_main("cvp")

@@ -1,14 +1,14 @@
 """Ray Tune sweep of ifnd on its embedded data, or on your shards with --data.
 
     python sweeps/ifnd.py --smoke
-    ray job submit --working-dir . -- python sweeps/ifnd.py --data 's3://bucket/shards/{00000..00099}.tar' --workers 8 --gpus-per-worker 1
+    ray job submit --working-dir . -- python sweeps/ifnd.py --data 's3://bucket/shards/train-{00000..00099}.tar' --eval-data 's3://bucket/shards/test-{00000..00004}.tar' --workers 8 --gpus-per-worker 1
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for a plain checkout
 
-from contrastlab.platform.sweep_cli import sweep_main  # noqa: E402
+from contrastlab.platform.sweep_cli import script_main  # noqa: E402
 
 if __name__ == "__main__":
-    sweep_main("ifnd")
+    script_main("ifnd")

@@ -106,7 +106,8 @@ def cmd_data(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: contrastlab data {make,convert,list,inspect} ...\n"
               "  make NAME [k=v ...]      generate an embedded dataset into the cache\n"
-              "  convert cub|folder SRC OUT  convert a public layout to shards\n"
+              "  convert KIND ...         convert a public layout to shards: cub, folder, reid, hsi, voc, video\n"
+              "                           (contrastlab data convert KIND --help)\n"
               "  list                     list embedded datasets\n"
               "  inspect PATTERN          count, check and show shards")
         return 0
@@ -123,11 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         print("\ncommands: " + ", ".join(COMMANDS))
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     from contrastlab.platform.config import ConfigError
+    from contrastlab.platform.sweep_cli import input_errors
 
     try:
         return COMMANDS[argv[0]](argv[1:]) or 0
     except ConfigError as exc:
         print(f"contrastlab: config error: {exc}", file=sys.stderr)
+        return 2
+    except input_errors() as exc:  # a bad shard pattern, source mix or checkpoint: one line, no traceback
+        print(f"contrastlab: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -141,7 +141,7 @@ def _coerce(value, tp, key: str):
                 return _coerce(value, a, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"{key}: {value!r} matches none of {_type_name(tp)}")
+        raise ConfigError(f"{key}: {value!r} matches none of {_type_name(tp)} ({'; '.join(errors)})")
     if origin is typing.Literal:
         if value in args:
             return value
@@ -245,20 +245,40 @@ def apply_overrides(exp: Experiment, overrides: Mapping[str, Any]) -> Experiment
 
 def validate(exp: Experiment) -> None:
     t, d, r = exp.train, exp.data, exp.run
+
+    def at_least(section: str, name: str, low, meaning: str = ""):
+        value = getattr({"train": t, "data": d, "run": r}[section], name)
+        return value >= low, f"{section}.{name} must be >= {low}{meaning}, got {value!r}"
+
     checks = [
-        (t.epochs >= 1, "train.epochs must be >= 1"),
-        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        at_least("train", "epochs", 1),
+        at_least("train", "batch_size", 1),
         (t.precision in ("fp32", "bf16", "fp16"), f"train.precision must be fp32, bf16 or fp16, got {t.precision!r}"),
-        (t.accumulate >= 1, "train.accumulate must be >= 1"),
+        at_least("train", "accumulate", 1),
+        at_least("train", "grad_clip", 0, " (0 = off)"),
+        at_least("train", "log_every_steps", 1),
+        at_least("train", "checkpoint_every_steps", 0, " (0 = only at each epoch's end)"),
+        at_least("train", "eval_every_epochs", 1),
+        at_least("train", "max_steps_per_epoch", 0, " (0 = the whole shard set)"),
+        at_least("train", "reference_batch_size", 1),
         (d.bad_samples in ("raise", "skip"), f"data.bad_samples must be raise or skip, got {d.bad_samples!r}"),
         (d.photometric in ("reader", "device"), f"data.photometric must be reader (views made whole in the read tasks) or device "
                                                 f"(jitter, greyscale and blur batched on the Train worker's device), got {d.photometric!r}"),
-        (r.workers >= 0, "run.workers must be >= 0 (0 = run in the driver process, for debugging)"),
-        (r.cpus_per_worker > 0, "run.cpus_per_worker must be > 0"),
-        (r.gpus_per_worker >= 0, "run.gpus_per_worker must be >= 0"),
-        (d.preprocess_cpus > 0, "data.preprocess_cpus must be > 0"),
+        at_least("data", "shuffle_buffer", 0, " (0 = off)"),
+        at_least("data", "preprocess_block_mb", 0, " (0 = 128-row blocks)"),
+        at_least("data", "preprocess_batch_size", 1),
+        (d.task_output_buffer_mb > 0, f"data.task_output_buffer_mb must be > 0, got {d.task_output_buffer_mb!r}"),
+        at_least("data", "prefetch_batches", 0),
+        at_least("data", "samples_per_epoch", 0, " (0 = from the shard manifest)"),
+        at_least("run", "workers", 0, " (0 = run in the driver process, for debugging)"),
+        (r.cpus_per_worker > 0, f"run.cpus_per_worker must be > 0, got {r.cpus_per_worker!r}"),
+        at_least("run", "gpus_per_worker", 0),
+        at_least("run", "max_failures", -1, " (-1 = retry without limit, 0 = off)"),
+        at_least("run", "seed", 0, " (numpy's seed sequences take non-negative seeds)"),
+        (d.preprocess_cpus > 0, f"data.preprocess_cpus must be > 0, got {d.preprocess_cpus!r}"),
         (0 <= d.executor_poll_s <= 1, f"data.executor_poll_s must be between 0 (Ray's own wait, 0.1 s) and 1 second, got {d.executor_poll_s}"),
-        (r.placement_strategy in ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"), "run.placement_strategy must be PACK, SPREAD, STRICT_SPREAD or STRICT_PACK"),
+        (r.placement_strategy in ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"),
+         f"run.placement_strategy must be PACK, SPREAD, STRICT_SPREAD or STRICT_PACK, got {r.placement_strategy!r}"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -273,7 +293,12 @@ def validate(exp: Experiment) -> None:
         raise ConfigError("train.precision=fp16 needs a GPU (its grad scaler is CUDA-only); use bf16 on CPU")
     check = getattr(exp.method, "validate", None)
     if callable(check):
-        check()
+        try:
+            check()
+        except ConfigError:
+            raise
+        except ValueError as exc:  # a method's own check: reported like every other config error
+            raise ConfigError(f"method.* ({exp.method_name}): {exc}") from None
 
 
 def load_yaml(path: str | Path) -> dict:

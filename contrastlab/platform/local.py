@@ -117,8 +117,8 @@ def run_local(method_name: str, sets: list[str] | None = None, *, exp: Experimen
         import io
 
         with contextlib.redirect_stdout(io.StringIO()):
-            history = run_epochs(ctx, batches, lambda *a, **k: None)
+            history = run_epochs(ctx, batches, lambda *a, **k: None, has_eval=bool(plan.eval))
     else:
-        history = run_epochs(ctx, batches, lambda *a, **k: None)
+        history = run_epochs(ctx, batches, lambda *a, **k: None, has_eval=bool(plan.eval))
     tb.close()
     return LocalRun(history, method, ctx, exp, plan.meta)

@@ -19,6 +19,17 @@ class DataPlan:
     mix: object = None  # data.mixing.MixPlan when several weighted training sources are mixed
 
 
+def _one_store(stores: list[tuple[str, object]]) -> None:
+    """A run reads every split through one filesystem (the datasets, the local backend and staging
+    all take one): refuse patterns on different stores (local disk, s3, gcs, ...) with their names,
+    rather than open s3 keys as local paths or local paths through S3."""
+    kinds = {pattern: ("local" if fs is None else getattr(fs, "type_name", type(fs).__name__)) for pattern, fs in stores}
+    if len(set(kinds.values())) > 1:
+        raise ConfigError("training and evaluation shards must be on one store; got "
+                          + ", ".join(f"{p!r} ({k})" for p, k in kinds.items())
+                          + ". Copy them to one place (e.g. all on s3://, or all local)")
+
+
 def plan_data(exp: Experiment) -> DataPlan:
     """Shard paths for train/eval: the user's patterns, or the method's embedded dataset. Several
     training sources (';' in data.train, or a list of splits in the method's `dataset_splits`) are
@@ -29,15 +40,24 @@ def plan_data(exp: Experiment) -> DataPlan:
 
     method_cls = get_method(exp.method_name)
     meta: dict = {}
+    stores: list[tuple[str, object]] = []  # (pattern, filesystem) of every resolved pattern: one store per run
+    eval_paths: list[str] = []
+    if exp.data.eval and exp.data.eval != "none":  # the user's evaluation shards, whatever the training data
+        eval_paths, eval_fs = resolve_shards(exp.data.eval)
+        stores.append((exp.data.eval, eval_fs))
     if exp.data.train:
         sources, fs = [], None
         for pattern in split_sources(exp.data.train):
             paths, fs = resolve_shards(pattern)
             sources.append(paths)
-        eval_paths = resolve_shards(exp.data.eval)[0] if exp.data.eval else []
+            stores.append((pattern, fs))
+        if not exp.data.eval:
+            print("[contrastlab] no evaluation data: --data (data.train) was given without --eval-data (data.eval), so "
+                  "epochs report training losses only; pass --eval-data SHARDS to evaluate")
         meta_file = os.path.join(os.path.dirname(sources[0][0]), "meta.json")
         if fs is None and os.path.exists(meta_file):
-            meta = json.load(open(meta_file))
+            with open(meta_file) as fh:
+                meta = json.load(fh)
     else:
         from contrastlab.platform.datasets import ensure_dataset
 
@@ -47,7 +67,11 @@ def plan_data(exp: Experiment) -> DataPlan:
         splits = getattr(method_cls, "dataset_splits", {"train": "train", "eval": "test"})
         train_splits = splits["train"] if isinstance(splits["train"], (list, tuple)) else [splits["train"]]
         sources, fs, meta = [ds.splits[s] for s in train_splits], None, dict(ds.meta)
-        eval_paths = [] if exp.data.eval == "none" else ds.splits[splits["eval"]]
+        stores.append((f"embedded dataset {name}", None))
+        if not exp.data.eval:
+            eval_paths = ds.splits[splits["eval"]]
+    _one_store(stores)
+    fs = next((f for _, f in stores if f is not None), None)
     train = [p for paths in sources for p in paths]
     try:
         mix = _plan_mix(exp, sources, fs)

@@ -9,14 +9,17 @@ import time
 
 def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="training shards: path, glob, brace pattern or s3:// / gs:// URI (default: the method's embedded dataset)")
-    p.add_argument("--eval-data", default=None, help="evaluation shards (default: the embedded dataset's evaluation split)")
+    p.add_argument("--eval-data", default=None, help="evaluation shards (default: the embedded dataset's evaluation split; "
+                   "required with --data, since trials are ranked on it)")
     p.add_argument("--num-samples", type=int, default=None, help="trials to sample from the search space (default 4; 2 with --smoke)")
-    p.add_argument("--max-epochs", type=int, default=None, help="epochs per trial (ASHA's max_t)")
+    p.add_argument("--max-epochs", type=int, default=None, help="epochs per trial (ASHA's max_t); phased methods (cvp, ucr) "
+                   "take theirs from their phase lengths, method.*_epochs, instead")
     p.add_argument("--workers", type=int, default=None, help="Train workers per trial (default 1)")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per Train worker (fractions allowed; default 0.5)")
     p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Train worker (fractions allowed; default 0)")
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: as many as the cluster's CPUs/GPUs allow)")
-    p.add_argument("--scheduler", default="asha", choices=["asha", "fifo"], help="trial scheduler (default asha)")
+    p.add_argument("--scheduler", default="asha", choices=["asha", "fifo", "pbt"],
+                   help="trial scheduler (default asha; pbt is refused, with the reason)")
     p.add_argument("--storage", default=None, help="results root: local dir or cloud URI (default ~/contrastlab_results)")
     p.add_argument("--name", default=None, help="experiment name (default <method>[-smoke]; reuse it with --resume)")
     p.add_argument("--config", default=None, help="YAML file with method/train/data/run sections")
@@ -60,6 +63,13 @@ def sweep_main(method: str, argv: list[str] | None = None) -> dict:
     add_sweep_flags(p)
     args = p.parse_args(argv)
     exp, method_cls = build_from_args(method, args)  # config errors surface here, before any Ray work
+    if exp.data.eval == "none" or (exp.data.train and not exp.data.eval):
+        from contrastlab.platform.config import ConfigError
+
+        raise ConfigError(
+            f"a sweep ranks its trials by {method_cls.eval_metric} on evaluation data, and this one has none ("
+            + ("data.eval=none" if exp.data.eval == "none" else "--data was given without --eval-data")
+            + "): pass --eval-data with the evaluation shards for your data")
     storage = args.storage or os.environ.get("CONTRASTLAB_STORAGE", "~/contrastlab_results")
     name = args.name or f"{method}{'-smoke' if args.smoke else ''}"
     root = storage if "://" in storage else os.path.expanduser(storage)
@@ -72,5 +82,25 @@ def sweep_main(method: str, argv: list[str] | None = None) -> dict:
                      scheduler=args.scheduler, resume=args.resume, max_trial_failures=exp.run.max_failures)
 
 
+def input_errors() -> tuple[type[Exception], ...]:
+    """The errors that name a bad input and its fix: the command line prints them as one line and
+    exits with status 2, without a traceback."""
+    from contrastlab.platform.config import ConfigError
+    from contrastlab.platform.data.mixing import MixError
+    from contrastlab.platform.data.paths import ShardPatternError
+    from contrastlab.platform.train import CheckpointMismatchError
+
+    return ConfigError, ShardPatternError, MixError, CheckpointMismatchError
+
+
+def script_main(method: str, argv: list[str] | None = None) -> None:
+    """`sweeps/<method>.py`: the sweep, with input errors reported as one line (exit 2)."""
+    try:
+        sweep_main(method, argv)
+    except input_errors() as exc:
+        print(f"contrastlab: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    sweep_main(sys.argv[1], sys.argv[2:])
+    script_main(sys.argv[1], sys.argv[2:])

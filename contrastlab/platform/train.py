@@ -493,12 +493,15 @@ def restore_context(ctx: StepContext, state: dict) -> tuple[int, int]:
 
 
 def run_epochs(ctx: StepContext, batches: Callable, report: Callable, *, start_epoch: int = 0, skip_steps: int = 0,
-               resumed: bool = False, on_epoch_begin: Callable | None = None, skipped_in_epoch: Callable | None = None) -> list[dict]:
+               resumed: bool = False, on_epoch_begin: Callable | None = None, skipped_in_epoch: Callable | None = None,
+               has_eval: bool = True) -> list[dict]:
     """The epoch loop every backend shares: phases, hooks, steps, logging, evaluation, reports.
 
     `batches(split, shuffle=, epoch=, drop_last=)` yields torch batches of this worker's part of a
     split; `report(metrics, epoch_done, step_in_epoch, with_checkpoint=True)` is called at every
-    checkpoint boundary. Returns the per-epoch metrics of the epochs run here.
+    checkpoint boundary. Returns the per-epoch metrics of the epochs run here. `has_eval=False` (no
+    evaluation split: `data.eval=none`, or `--data` without `--eval-data`): the method's evaluate()
+    is never called, so epochs report training losses only.
     """
     method, exp, t_cfg, rank = ctx.method, ctx.exp, ctx.exp.train, ctx.rank
     tb = ctx.tb
@@ -589,7 +592,7 @@ def run_epochs(ctx: StepContext, batches: Callable, report: Callable, *, start_e
             if skipped and rank == 0:
                 print(f"[contrastlab] epoch {epoch + 1}: skipped {len(skipped)} bad sample(s): "
                       + "; ".join(f"{s} key {k}: {r}" for s, k, r in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
-        if (epoch + 1) % t_cfg.eval_every_epochs == 0 or epoch + 1 == len(epoch_to_phase):
+        if has_eval and ((epoch + 1) % t_cfg.eval_every_epochs == 0 or epoch + 1 == len(epoch_to_phase)):
             method.eval()
             with torch.no_grad():
                 metrics.update(method.evaluate(eval_fn, ctx))
@@ -678,5 +681,5 @@ def train_loop_per_worker(config: dict) -> None:
 
     skipped = (lambda epoch: ray.get(run_state.skipped_in_epoch.remote(epoch))) if run_state is not None else None
     run_epochs(ctx, batches, report, start_epoch=start_epoch, skip_steps=skip_steps, resumed=checkpoint is not None,
-               on_epoch_begin=on_epoch_begin, skipped_in_epoch=skipped)
+               on_epoch_begin=on_epoch_begin, skipped_in_epoch=skipped, has_eval="eval" in shards)
     tb.close()

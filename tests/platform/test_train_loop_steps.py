@@ -145,3 +145,18 @@ def test_a_step_the_fp16_scaler_skips_moves_neither_the_schedule_nor_the_after_s
         fresh = build_context(exp, CountsAfterSteps(), device=torch.device("cpu"))
         restore_context(fresh, load_checkpoint_state(d, exp))
     assert fresh.fp16_skipped_steps == {"d": 1} and fresh._opt_steps == {"d": 1}
+
+
+def test_a_run_without_evaluation_data_never_calls_evaluate():
+    """`data.eval=none`, or --data without --eval-data: no evaluation split, so evaluate() (which
+    would read an empty split: some methods raise on it) is skipped; epochs report losses only."""
+    exp = build_experiment("clip", sets=["train.epochs=2", "train.batch_size=4"])
+    method = CountingMethod()
+    ctx = build_context(exp, method, device=torch.device("cpu"))
+    data = [{"x": torch.ones(4, 2)} for _ in range(2)]
+    reports = []
+    history = run_epochs(ctx, lambda split, **kw: iter(data if split == "train" else []),
+                         lambda metrics, epoch_done, step_in_epoch, with_checkpoint=True: reports.append(dict(metrics)),
+                         has_eval=False)
+    assert len(history) == 2 and all("acc" not in h and "train_loss" in h for h in history)
+    assert method.epochs_done == 2
