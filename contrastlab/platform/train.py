@@ -392,6 +392,9 @@ def save_checkpoint(directory: str, ctx: StepContext, epoch_done: int, step_in_e
         "step": ctx.step,
         "epoch_done": epoch_done,  # epochs fully finished
         "step_in_epoch": step_in_epoch,  # >0: a mid-epoch checkpoint
+        # training rows taken this epoch over all workers: a resume with another batch size or worker
+        # count skips this many rows' worth of its own batches, not the same number of batches
+        "rows_in_epoch": step_in_epoch * ctx.exp.train.batch_size * max(1, ctx.world_size),
         "phase": ctx.phase,
         "rng": rng_states,
     }
@@ -489,7 +492,24 @@ def restore_context(ctx: StepContext, state: dict) -> tuple[int, int]:
     if ctx.rank < len(state["rng"]):
         set_rng_state(state["rng"][ctx.rank])
     restore_per_rank_state(ctx.method, state.get("per_rank", []), ctx.rank)
-    return state["epoch_done"], state["step_in_epoch"]
+    return state["epoch_done"], _steps_to_skip(ctx, state)
+
+
+def _steps_to_skip(ctx: StepContext, state: dict) -> int:
+    """Batches of this run to skip in a resumed epoch: the rows the checkpoint had taken in it, in
+    this run's global batches (batch size and workers may change on resume). Rounded down: with a
+    different global batch up to one batch's rows are trained again, rather than left out."""
+    steps, rows = state["step_in_epoch"], state.get("rows_in_epoch")  # rows: absent before session 21
+    if not steps or rows is None:
+        return steps
+    per_step = ctx.exp.train.batch_size * max(1, ctx.world_size)
+    skip = rows // per_step
+    if skip * per_step != rows or skip != steps:
+        if ctx.is_main:
+            print(f"[contrastlab] resumed mid-epoch with a different global batch ({rows // steps} rows per step in the "
+                  f"checkpoint, {per_step} now): skipping {skip} batches = {skip * per_step} of the {rows} rows it had "
+                  f"taken this epoch")
+    return skip
 
 
 def run_epochs(ctx: StepContext, batches: Callable, report: Callable, *, start_epoch: int = 0, skip_steps: int = 0,

@@ -160,3 +160,17 @@ def test_a_run_without_evaluation_data_never_calls_evaluate():
                          has_eval=False)
     assert len(history) == 2 and all("acc" not in h and "train_loss" in h for h in history)
     assert method.epochs_done == 2
+
+
+def test_a_mid_epoch_resume_skips_rows_not_batches_when_the_global_batch_changed(tmp_path):
+    """Batch size and workers may change on resume: skipping the checkpoint's count of batches of the
+    new size would leave rows out (larger batches) or train them twice (smaller); it skips the rows."""
+    from contrastlab.platform.train import load_checkpoint_state, restore_context, save_checkpoint
+
+    exp = build_experiment("clip", sets=["train.batch_size=4"])
+    ctx = build_context(exp, CountingMethod(), device=torch.device("cpu"))
+    save_checkpoint(str(tmp_path), ctx, epoch_done=0, step_in_epoch=3, rng_states=[])  # 12 rows taken
+    for batch_size, skip in ((4, 3), (6, 2), (2, 6), (5, 2)):
+        later = build_experiment("clip", sets=[f"train.batch_size={batch_size}"])
+        fresh = build_context(later, CountingMethod(), device=torch.device("cpu"))
+        assert restore_context(fresh, load_checkpoint_state(str(tmp_path), later)) == (0, skip)

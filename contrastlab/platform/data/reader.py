@@ -12,6 +12,7 @@ which the training loop advances; the same actor counts skipped samples for the 
 """
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import tarfile
@@ -93,6 +94,29 @@ def _run_state(name: str | None):
     return _ACTOR_CACHE[name]
 
 
+def _ask_run_state(name: str | None, method: str, *args):
+    """`ray.get(actor.<method>.remote(*args))` on the run's RunState; None when there is none.
+
+    Handles are cached per process, and worker processes outlive a Tune trial: after a trial restart
+    with the same run name, the cached handle is the dead actor of the previous attempt (a new one has
+    the name now). So on RayActorError (ActorDiedError is one) drop the entry, look the name up once
+    more and retry; if nothing has the name, behave as a run without a RunState."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    for attempt in (0, 1):
+        actor = _run_state(name)
+        if actor is None:
+            return None
+        try:
+            return ray.get(getattr(actor, method).remote(*args))
+        except RayActorError:
+            _ACTOR_CACHE.pop(name, None)
+            if attempt:
+                raise
+    return None
+
+
 def _handle_bad(policy: str, run_state_name: str | None, shard: str, key: str | None, reason: str) -> None:
     if policy == "raise":
         raise BadSampleError(bad_sample_message(shard, key, reason))
@@ -128,7 +152,11 @@ def iter_tar_samples(stream, shard: str, policy: str, run_state_name: str | None
                     yield current
                 current = {"__key__": key, "__url__": shard}
             current[ext.lower()] = data
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+    # Only corruption: tar_stream raises tarfile.ReadError for cut or bad data, and tarfile wraps the
+    # decompressors' errors in it too. Any other OSError (a pyarrow S3/GCS network failure, a disk I/O
+    # error) says nothing about the shard: it propagates, so Ray Data's read retry
+    # (DataContext.retried_io_errors) sees it instead of the rest of the shard being skipped as bad.
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         broken = _split_member(getattr(exc, "member", None) or "")  # the member whose data was cut short, when known
         if broken is not None:
             reading = broken[0]
@@ -150,16 +178,23 @@ def epoch_rows(sample: dict, shard: str, seed: int, epoch: int, mix=None, select
     carry `__repeat__` (their augmentation differs) and, with a mix, `__source__`."""
     key = sample["__key__"]
     source = mix.source_of(shard) if mix is not None else None
+    tag = {} if source is None else {"__source__": source}
     n = mix.copies(source, key, seed, epoch) if mix is not None else 1
     if selection is not None and n:
         try:
             meta = decode_json(sample["json"]) if sample.get("json") is not None else None
         except DecodeError:
-            return [sample]  # let preprocessing report it under the bad-sample policy
+            # One copy, tagged like the others: untagged, it left None in the batch's __repeat__ column
+            # and failed with a TypeError from int(None) instead of the JSON error preprocessing reports.
+            return [{**sample, **tag, "__repeat__": 0}]
         n *= selection.copies(meta if isinstance(meta, dict) else None, sample_index(key, meta if isinstance(meta, dict) else None, shard),
                               key, seed, epoch)
-    tag = {} if source is None else {"__source__": source}
     return [{**sample, **tag, "__repeat__": r} for r in range(n)]
+
+
+def file_order_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's shard order (shuffle_files): a function of (run seed, epoch) only."""
+    return int(np.random.SeedSequence([seed % (1 << 64), epoch]).generate_state(1)[0])
 
 
 def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
@@ -203,6 +238,18 @@ def make_datasource(paths: list[str], preprocess: "PreprocessBatches", policy: s
             self.__dict__.update(state)
             set_executor_poll(self.executor_poll_s)  # a SplitCoordinator actor, a read task, ...
 
+        def get_read_tasks(self, *args, **kwargs):
+            # Ray reseeds FileShuffleConfig with DataContext._execution_idx, which counts executions
+            # of this Dataset object: a resumed run (a new Dataset) restarts it at 0, so a resumed
+            # epoch e read its files in epoch 0's order and the mid-epoch skip dropped the wrong
+            # batches. Key the order by (run seed, the run's epoch clock) instead.
+            if shuffle_files:
+                from ray.data import FileShuffleConfig
+
+                self._shuffle = FileShuffleConfig(seed=file_order_seed(seed, preprocess.current_state()[0]),
+                                                  reseed_after_execution=False)
+            return super().get_read_tasks(*args, **kwargs)
+
         def _read_stream(self, f, path: str):
             rows = []
             epoch, selection = preprocess.current_state()
@@ -245,12 +292,14 @@ def decode_member(ext: str, data: bytes):
 
 def sample_index(key: str, meta: dict | None, shard: str) -> int:
     """The stable integer index: `index` from the json, else a numeric key (img2dataset keys are
-    zero-padded numbers), else a 63-bit hash of shard basename + key (stable across runs)."""
+    zero-padded numbers), else a 63-bit hash of shard basename + key (stable across runs).
+    A numeric key counts only without a folder part: `cam1/0001` and `cam2/0001` are different
+    samples, and their shared leaf would give both index 1 (a collision in feature extraction and
+    memory banks), so keys in sub-folders are hashed."""
     if meta and isinstance(meta.get("index"), int):
         return int(meta["index"])
-    leaf = key.rsplit("/", 1)[-1]
-    if leaf.isdigit():
-        return int(leaf)
+    if "/" not in key and key.isdigit():
+        return int(key)
     import hashlib
 
     digest = hashlib.blake2b(f"{shard.rsplit('/', 1)[-1]}/{key}".encode(), digest_size=8).digest()
@@ -312,11 +361,9 @@ class PreprocessBatches:
 
         epoch, selection = self.epoch or 0, None
         if self.split == "train" and self.epoch is None:
-            actor = _run_state(self.run_state_name)
-            if actor is not None:
-                import ray
-
-                epoch, chosen = ray.get(actor.get_epoch_and_selection.remote())
+            state = _ask_run_state(self.run_state_name, "get_epoch_and_selection")
+            if state is not None:
+                epoch, chosen = state
                 selection = DataSelection.from_dict(chosen)
         return epoch, selection
 

@@ -124,6 +124,8 @@ def _pax_records(data: bytes, offset: int) -> dict[str, str]:
             length = int(data[pos:space])
         except ValueError:
             raise tarfile.ReadError(f"corrupt pax header at offset {offset}") from None
+        if space < 0 or length <= space - pos:  # a length of 0 (or less) would never advance `pos`: a hang
+            raise tarfile.ReadError(f"corrupt pax header at offset {offset} (record length {length} at byte {pos})")
         record = data[space + 1 : pos + length - 1]  # without the trailing newline
         key, _, value = record.partition(b"=")
         out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
