@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -40,7 +41,8 @@ def cmd_train(argv: list[str]) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data"), p.add_argument("--eval-data")
     p.add_argument("--workers", type=int), p.add_argument("--cpus-per-worker", type=float), p.add_argument("--gpus-per-worker", type=float)
-    p.add_argument("--storage", default="~/contrastlab_results")
+    p.add_argument("--storage", default=os.environ.get("CONTRASTLAB_STORAGE", "~/contrastlab_results"),
+                   help="results root (default $CONTRASTLAB_STORAGE, else ~/contrastlab_results), as in sweeps")
     p.add_argument("--name", help="run name; reuse it to resume from the last checkpoint")
     args = p.parse_args(argv)
     if args.help or not args.method:
