@@ -121,9 +121,9 @@ def _handle_bad(policy: str, run_state_name: str | None, shard: str, key: str | 
     if policy == "raise":
         raise BadSampleError(bad_sample_message(shard, key, reason))
     log.warning("skipping %s", bad_sample_message(shard, key, reason).split(". Fix")[0])
-    actor = _run_state(run_state_name)
-    if actor is not None:
-        actor.report_skip.remote(shard, key or "", reason)
+    # waited for (bad samples are rare): a fire-and-forget call to a stale cached handle (a restarted
+    # trial's previous RunState) would lose the count without an error
+    _ask_run_state(run_state_name, "report_skip", shard, key or "", reason)
 
 
 # --------------------------------------------------------------------------- reading tars
