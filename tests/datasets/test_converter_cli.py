@@ -47,3 +47,46 @@ def test_convert_video_cli(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "train:" in out and "test:" in out
+
+
+def test_train_per_class_with_a_fraction_part_is_refused(tmp_path, capsys):
+    """--train-per-class 10.5 used to be truncated to 10 silently."""
+    cube, gt = tiny_scene()
+    scipy.io.savemat(tmp_path / "PaviaU.mat", {"paviaU": cube})
+    scipy.io.savemat(tmp_path / "PaviaU_gt.mat", {"paviaU_gt": gt})
+    rc = main(["convert", "hsi", str(tmp_path / "PaviaU.mat"), str(tmp_path / "PaviaU_gt.mat"), str(tmp_path / "out"),
+               "--patch-size", "3", "--train-per-class", "10.5"])
+    assert rc == 2 and "--train-per-class 10.5" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_make_params_errors_name_the_key_and_bools_are_checked():
+    import pytest
+
+    from contrastlab.platform.datasets.cli import _parse_params
+
+    with pytest.raises(ValueError, match="n_train='ten'.*integer"):
+        _parse_params("fashion-scenes", ["n_train=ten"])
+    with pytest.raises(ValueError, match="pair_prob='high'"):
+        _parse_params("fashion-scenes", ["pair_prob=high"])
+    with pytest.raises(ValueError, match="train_masks='maybe'.*true/false"):  # used to mean False silently
+        _parse_params("fashion-scenes", ["train_masks=maybe"])
+    flags = [_parse_params("fashion-scenes", [f"train_masks={t}"])["train_masks"] for t in ("TRUE", "1", "yes", "false", "0", "No")]
+    assert flags == [True, True, True, False, False, False]
+
+
+def test_hsi_mat_problems_are_one_line_errors_naming_the_file(tmp_path, capsys):
+    cube, gt = tiny_scene()
+    scipy.io.savemat(tmp_path / "scene.mat", {"a": cube, "b": cube[..., :2]})  # unknown scene, two 3-D variables
+    scipy.io.savemat(tmp_path / "scene_gt.mat", {"labels": gt})
+    args = ["convert", "hsi", str(tmp_path / "scene.mat"), str(tmp_path / "scene_gt.mat"), str(tmp_path / "out"), "--patch-size", "3"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "scene.mat" in err and "--cube-key" in err
+    assert main(args + ["--cube-key", "a"]) == 0
+    capsys.readouterr()
+    # a MATLAB v7.3 file (HDF5 behind a 128-byte MAT header, version 0x0200): scipy.io raises NotImplementedError
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .".ljust(116)
+    (tmp_path / "v73.mat").write_bytes(header + b"\0" * 8 + b"\x00\x02IM" + b"\0" * 384)
+    assert main(["convert", "hsi", str(tmp_path / "v73.mat"), str(tmp_path / "scene_gt.mat"), str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "v73.mat" in err and "v7.3" in err and "-v7" in err

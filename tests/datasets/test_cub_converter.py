@@ -121,3 +121,24 @@ def test_refuses_non_empty_output(cub, tmp_path):
         convert_cub(cub, tmp_path / "out")
     paths = convert_cub(cub, tmp_path / "out", overwrite=True)
     assert not (tmp_path / "out" / "keep.txt").exists() and paths.meta["counts"]["test"] == 2
+
+
+def test_samples_are_written_in_a_seeded_random_order_not_by_class(tmp_path, shards):
+    """images.txt is class-sorted; training shuffles only shard files plus a small buffer, so class-sorted
+    shards made batches of 1-3 classes. Each image keeps index = id - 1."""
+    import test_cub_converter as this
+
+    images = [(i + 1, i // 8 + 1, 1, (16, 16), (2.0, 2.0, 8.0, 8.0)) for i in range(24)]  # 3 classes x 8, all train
+    (tmp_path / "big" / "classes.txt").parent.mkdir()
+    old = this.IMAGES, this.CLASS_DIRS
+    this.IMAGES, this.CLASS_DIRS = images, ["001.A", "002.B", "003.C"]
+    try:
+        root = make_cub(tmp_path / "big" / "CUB_200_2011")
+    finally:
+        this.IMAGES, this.CLASS_DIRS = old
+    a = [json.loads(f["json"]) for f in shards.read(convert_cub(root, tmp_path / "a").splits["train"]).values()]
+    b = [json.loads(f["json"]) for f in shards.read(convert_cub(root, tmp_path / "b").splits["train"]).values()]
+    labels = [m["label"] for m in a]
+    assert labels != sorted(labels) and sum(x != y for x, y in zip(labels, labels[1:])) > 6  # classes mixed
+    assert sorted(m["index"] for m in a) == list(range(24)) and all(m["label"] == m["index"] // 8 for m in a)
+    assert a == b  # fixed seed: the same order every time

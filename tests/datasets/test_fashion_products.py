@@ -113,3 +113,36 @@ def test_espeak_audio_is_spoken_and_cached():
     assert speaker.source == "espeak-ng" and len(wave) == 12000 and np.abs(wave).max() > 0.05
     speaker(7, "red", rng)
     assert list(speaker._cache) == ["red sneaker"]
+
+
+TINY = {**SMALL, "n_train": 6, "n_test": 2, "image_size": 16, "frames": 2, "video_size": 16}
+
+
+def test_auto_audio_is_resolved_before_the_cache_key(tmp_path, monkeypatch):
+    """audio="auto" used to be hashed as "auto" whatever backend ran: on a machine without espeak-ng it is the
+    tones dataset (same folder as audio="tones"), with espeak-ng found it is the espeak one (another key)."""
+    from contrastlab.platform.datasets import ensure_dataset
+
+    params = {k: v for k, v in TINY.items() if k != "audio"}
+    monkeypatch.setattr(fp.shutil, "which", lambda name: None)
+    auto = ensure_dataset("fashion-products", cache_dir=tmp_path, audio="auto", **params)
+    assert auto.meta["params"]["audio"] == "tones" and auto.meta["audio_source"] == "tones"
+    assert set(auto.meta["sources"]) == {"fashion_mnist"}
+    assert ensure_dataset("fashion-products", cache_dir=tmp_path, audio="tones", **params).root == auto.root
+    monkeypatch.setattr(fp.shutil, "which", lambda name: "/usr/bin/espeak-ng")
+    monkeypatch.setattr(fp, "_espeak_version", lambda path: "eSpeak NG text-to-speech: 1.51")
+    resolved, sources = fp.resolve_audio({**fp.SPEC.defaults, **params, "audio": "auto"})
+    assert resolved["audio"] == "espeak" and sources["espeak"].startswith("eSpeak NG")
+
+
+def test_non_audio_members_do_not_depend_on_the_audio_backend(tmp_path, monkeypatch):
+    """espeak waves are longer than the tones; their jitter used to be drawn from the shared stream, so every
+    later product (attributes, image, title, table, clip) changed with the backend. Simulated with longer tones."""
+    a = read_shards(fp.generate(tmp_path / "a", seed=3, **TINY)[0]["train"])
+    real = fp.Speaker._tones
+    monkeypatch.setattr(fp.Speaker, "_tones", lambda self, label, colour: np.tile(real(self, label, colour), 2)[:5000])
+    b = read_shards(fp.generate(tmp_path / "b", seed=3, **TINY)[0]["train"])
+    assert a.keys() == b.keys()
+    assert any("wav" in m and not json.loads(m["json"])["audio_noise"] and m["wav"] != b[k]["wav"] for k, m in a.items())
+    for key in a:
+        assert {e: v for e, v in a[key].items() if e != "wav"} == {e: v for e, v in b[key].items() if e != "wav"}, key

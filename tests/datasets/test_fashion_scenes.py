@@ -98,3 +98,24 @@ def test_bad_params():
         ensure_dataset("fashion-scenes", n_classes=3)
     with pytest.raises(ValueError, match="max_items"):
         fs.generate(None, seed=0, **{**fs.SPEC.defaults, "min_items": 3, "max_items": 2})
+
+
+def test_unreachable_min_visible_fails_instead_of_looping_forever():
+    """`while True` redrew scenes forever when no class could keep min_visible pixels; now bounded and named."""
+    import signal
+
+    def hang(signum, frame):
+        raise TimeoutError("compose_scene kept redrawing (no retry cap)")
+
+    pools = [(np.full((3, 28, 28), 30, np.uint8), np.arange(3))] * 4  # items all below mask_threshold: never visible
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(60)
+    try:
+        with pytest.raises(ValueError, match=r"min_visible=1.*mask_threshold=40"):
+            fs.compose_scene(np.random.default_rng(0), pools, image_size=16, n_classes=4, min_items=1, max_items=1,
+                             pair_prob=0.0, item_min=4, item_max=4, mask_threshold=40, min_visible=1)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    with pytest.raises(ValueError, match="min_visible"):  # more pixels than max_items items of item_max^2 can show
+        fs.generate(None, seed=0, **{**fs.SPEC.defaults, "max_items": 2, "item_max": 30, "item_min": 28, "min_visible": 2 * 30 * 30 + 1})

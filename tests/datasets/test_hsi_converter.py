@@ -35,15 +35,29 @@ def test_patch_centre_shape_and_reflect_padding():  # §h.6
 
 
 def test_draw_exact_counts_disjoint_cover():  # §h.7
-    labels = np.array([0] * 30 + [1] * 12 + [2] * 5 + [-1] * 7)
+    labels = np.array([0] * 30 + [1] * 12 + [2] * 5 + [3] * 3 + [-1] * 7)
     train, test = draw_train_test(labels, 4, seed=1)
-    assert [int((labels[train] == c).sum()) for c in range(3)] == [4, 4, 2]  # class 2 (5 px): capped at half
+    assert [int((labels[train] == c).sum()) for c in range(4)] == [4, 4, 4, 1]  # class 3 (3 px < 4): half of it
     assert len(np.intersect1d(train, test)) == 0
     assert sorted(np.concatenate([train, test]).tolist()) == np.flatnonzero(labels >= 0).tolist()
     assert np.array_equal(draw_train_test(labels, 4, seed=1)[0], train)
     frac_train, _ = draw_train_test(labels, 0.1, seed=0)
-    assert [int((labels[frac_train] == c).sum()) for c in range(3)] == [3, 1, 1]
-    assert per_class_count(100, 10) == 10 and per_class_count(20, 20, cap_half=False) == 20 and per_class_count(20, 20) == 10
+    assert [int((labels[frac_train] == c).sum()) for c in range(4)] == [3, 1, 1, 1]
+    assert per_class_count(100, 10) == 10 and per_class_count(20, 20, cap_half=False) == 20 and per_class_count(19, 20) == 9
+
+
+def test_only_classes_smaller_than_n_are_halved():
+    """Card cvp.md §f: "for a class with < n pixels take half of it"; §h.7: exactly n otherwise. A class of
+    n..2n-1 pixels used to be halved too (min(n, n_class // 2))."""
+    gt = np.zeros((6, 8), np.int64)  # tiny synthetic ground truth: classes of 15, 12, 10, 7 and 3 pixels, 1 unlabelled
+    flat = gt.reshape(-1)
+    flat[:15], flat[15:27], flat[27:37], flat[37:44], flat[44:47] = 1, 2, 3, 4, 5
+    labels = flat - 1
+    train, test = draw_train_test(labels, 10, seed=0)
+    counts = [int((labels[train] == c).sum()) for c in range(5)]
+    assert counts == [10, 10, 10, 3, 1]  # 15, 12, 10 px: exactly 10 (was 7, 6, 5); 7 and 3 px (< 10): half
+    assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == 47
+    assert [per_class_count(n, 10) for n in (9, 10, 19, 20, 21)] == [4, 10, 10, 10, 10]
 
 
 def test_preprocess_brightness_and_zscore():
@@ -97,3 +111,18 @@ def test_convert_refuses_unknown_variables(tmp_path):
         load_hsi_mat(tmp_path / "a.mat", tmp_path / "b.mat")
     c, g = load_hsi_mat(tmp_path / "a.mat", tmp_path / "b.mat", cube_key="y")
     assert c.shape == (7, 6, 5) and g.shape == (7, 6)
+
+
+def test_guess_scene_tells_pavia_centre_from_pavia_university(tmp_path):
+    """"Pavia.mat" is Pavia Centre (9 other classes, variables pavia / pavia_gt), not Pavia University."""
+    from contrastlab.platform.datasets.hsi import KNOWN_SCENES, guess_scene
+
+    assert [guess_scene(n) for n in ("PaviaU.mat", "paviaU_gt.mat", "Pavia_University.mat")] == ["pavia_university"] * 3
+    assert [guess_scene(n) for n in ("Pavia.mat", "Pavia_gt.mat")] == ["pavia_centre"] * 2
+    assert KNOWN_SCENES["pavia_centre"]["classes"] == ["Water", "Trees", "Asphalt", "Self-Blocking Bricks", "Bitumen", "Tiles",
+                                                       "Shadows", "Meadows", "Bare Soil"]
+    cube, gt = tiny_scene()
+    scipy.io.savemat(tmp_path / "Pavia.mat", {"pavia": cube, "other": cube[..., :2]})  # two 3-D variables: picked by name
+    scipy.io.savemat(tmp_path / "Pavia_gt.mat", {"pavia_gt": gt})
+    paths = convert_hsi(tmp_path / "Pavia.mat", tmp_path / "Pavia_gt.mat", tmp_path / "out", patch_size=3, train_per_class=1)
+    assert paths.meta["scene"] == "pavia_centre" and paths.meta["classes"] == ["Water", "Trees", "Asphalt"]

@@ -61,3 +61,43 @@ def test_empty_folder_is_a_clear_error(tmp_path):
     (tmp_path / "src").mkdir()
     with pytest.raises(ValueError, match="class sub-folders"):
         convert_image_folder(tmp_path / "src", tmp_path / "out")
+
+
+def test_samples_are_written_in_a_seeded_random_order_not_by_class(tmp_path, shards):
+    src = tmp_path / "src"
+    for ci, cls in enumerate(("ant", "bee", "cat")):
+        for i in range(8):
+            _image(src / cls / f"{i}.png", 40 * ci, size=(4, 4))
+    runs = [_metas(shards, convert_image_folder(src, tmp_path / f"out{i}", seed=s))["train"] for i, s in enumerate((0, 0, 1))]
+    labels = [m["label"] for m in runs[0]]
+    assert labels != sorted(labels) and sum(x != y for x, y in zip(labels, labels[1:])) > 6  # classes mixed
+    index_of = {p: i for i, p in enumerate(sorted(m["path"] for m in runs[0]))}
+    assert all(m["index"] == index_of[m["path"]] for m in runs[0])  # index unchanged: position of the sorted path
+    assert runs[0] == runs[1] and runs[0] != runs[2]  # the order follows seed
+
+
+def test_flat_split_folder_is_refused_not_dropped(tmp_path):
+    """ImageNet-style val/ with the images directly inside used to vanish from the output silently."""
+    src = tmp_path / "src"
+    for cls in ("cat", "dog"):
+        _image(src / "train" / cls / "0.jpg", 100)
+    _image(src / "val" / "ILSVRC2012_val_00000001.jpg", 100)
+    with pytest.raises(ValueError, match=r"val.*<split>/<class>/<image>"):
+        convert_image_folder(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_file_paths_are_normalised_and_an_image_in_two_splits_is_refused(tmp_path, shards):
+    src = tmp_path / "src"
+    for cls in ("cat", "dog"):
+        for i in range(2):
+            _image(src / cls / f"{i}.jpg", 100)
+    (src / "a.txt").write_text("cat/0.jpg\n./dog/0.jpg\n")
+    (src / "b.txt").write_text("./cat/1.jpg\ndog/1.jpg\n")
+    paths = convert_image_folder(src, tmp_path / "ok", split_files={"train": "a.txt", "test": "b.txt"})
+    metas = _metas(shards, paths)
+    assert sorted(m["path"] for m in metas["train"]) == ["cat/0.jpg", "dog/0.jpg"]
+    assert sorted(m["index"] for ms in metas.values() for m in ms) == [0, 1, 2, 3]
+    (src / "c.txt").write_text("./cat/0.jpg\n")  # the same image as a.txt's "cat/0.jpg"
+    with pytest.raises(ValueError, match=r"cat/0\.jpg.*already listed"):
+        convert_image_folder(src, tmp_path / "bad", split_files={"train": "a.txt", "test": "c.txt"})

@@ -97,3 +97,9 @@ def test_convert_multi_domain(market, duke, msmt, tmp_path, shards):
         convert_reid([("market1501", market, "market")], out)
     with pytest.raises(ValueError, match="layout"):
         convert_reid([("cuhk", market, "x")], tmp_path / "o2")
+
+
+def test_bad_msmt_pid_names_the_list_file(msmt):
+    (msmt / "list_train.txt").write_text("0000/0000_000_01_0303morning_0015_0.jpg zero\n")
+    with pytest.raises(ValueError, match=r"list_train\.txt:1: pid 'zero'"):
+        read_msmt17(msmt)

@@ -160,3 +160,20 @@ def test_shapes_differ_in_pixels():
     for a, b in itertools.combinations(sc.SHAPES, 2):
         assert (masks[a] ^ masks[b]).sum() > 40, (a, b)
     assert all(150 < m.sum() < 450 for m in masks.values())
+
+
+def test_heldout_combo_bounds_match_the_docstring():
+    """The docs said "at most three held-out colours per shape": 12 combos hold out 4 of a shape's 6 colours.
+    The algorithm stays (other datasets and tests depend on it); the docs now state its real bounds."""
+    from collections import Counter
+
+    for n in range(1, sc.MAX_HELDOUT_COMBOS + 1):
+        worst_shape = worst_colour = 0
+        for seed in range(40):
+            ids = sc.choose_heldout_combos(seed, n)
+            assert len(set(ids)) == n
+            worst_shape = max(worst_shape, max(Counter(i % len(sc.SHAPES) for i in ids).values()))
+            worst_colour = max(worst_colour, max(Counter(i // len(sc.SHAPES) for i in ids).values()))
+        assert worst_colour <= 2  # a colour loses at most two of its 4 shapes
+        assert worst_shape == (1 if n <= 4 else 2 if n <= 7 else 3 if n <= 11 else 4), n  # colours lost per shape
+    assert sc.choose_heldout_combos(0, 12) and "four for 12" in " ".join(sc.__doc__.split())

@@ -70,3 +70,28 @@ def test_identity_is_more_similar_than_other_identities(tiny, shards):
 def test_bad_params(tmp_path):
     with pytest.raises(ValueError, match="n_cameras"):
         ensure_dataset("synthetic-reid", cache_dir=str(tmp_path), n_cameras=1)
+
+
+def test_too_few_test_images_per_identity_are_refused(tmp_path):
+    """images_per_test_id <= n_cameras left identities with no gallery image at all."""
+    with pytest.raises(ValueError, match=r"images_per_test_id.*n_cameras"):
+        ensure_dataset("synthetic-reid", cache_dir=str(tmp_path), images_per_test_id=3, n_cameras=3)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("images", [4, 5, 7])
+def test_every_query_has_a_gallery_image_in_another_camera(tmp_path, shards, images):
+    """With 4 images over 3 cameras the only gallery image sat in one query's own camera: that query
+    (one in three) could never be matched under the standard same-camera exclusion."""
+    import json
+
+    params = dict(PARAMS, n_train_ids=1, images_per_train_id=1, n_test_ids=6, images_per_test_id=images)
+    paths = ensure_dataset("synthetic-reid", cache_dir=str(tmp_path), **params)
+    infos = [json.loads(s["json"]) for s in shards.read(paths.splits["test"]).values()]
+    gallery = {(j["pid"], j["camera"]) for j in infos if j["split"] == "gallery"}
+    queries = [j for j in infos if j["split"] == "query"]
+    assert len(queries) >= 4 * 6 * (3 - 1)  # at least two queries per identity (4 domains x 6 ids)
+    for q in queries:
+        assert any((q["pid"], c) in gallery for c in range(3) if c != q["camera"]), q
+    for pid in {j["pid"] for j in infos}:
+        assert {j["camera"] for j in infos if j["pid"] == pid} == {0, 1, 2}  # every camera still sees the person

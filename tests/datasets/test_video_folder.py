@@ -121,3 +121,17 @@ def test_plain_folders_with_test_fraction(tmp_path):
 def test_even_resize_shape():
     assert even_resize_shape(240, 320, 128) == (128, 170)
     assert even_resize_shape(33, 47, 0) == (32, 46)
+
+
+def test_samples_are_written_in_a_seeded_random_order_not_by_class(tmp_path):
+    root = tmp_path / "clips"
+    for ci, cls in enumerate(["a", "b", "c"]):
+        (root / cls).mkdir(parents=True)
+        for v in range(5):
+            (root / cls / f"{v}.mp4").write_bytes(_video(ci * 5 + v, frames=2, h=16, w=16))
+    runs = [[json.loads(m["json"]) for m in read_shards(convert_video_folder(root, tmp_path / f"o{i}", short_side=0, seed=s)
+                                                         .splits["train"]).values()] for i, s in enumerate((0, 0, 1))]
+    labels = [m["label"] for m in runs[0]]
+    assert labels != sorted(labels) and sum(x != y for x, y in zip(labels, labels[1:])) > 3  # classes mixed
+    assert all(m["index"] == 5 * m["label"] + int(m["path"].split("/")[1][0]) for m in runs[0])  # index: sorted path position
+    assert runs[0] == runs[1] and runs[0] != runs[2]

@@ -141,3 +141,11 @@ def test_errors_name_the_problem(voc, tmp_path):
     Image.fromarray(np.full((4, 4), 30, np.uint8), mode="L").save(root / "SegmentationClass" / "2007_000063.png")
     with pytest.raises(ValueError, match="30"):
         convert_voc(voc, tmp_path / "out2", splits=("val",))
+
+
+def test_deeplab_format_list_lines_are_read(voc):
+    """DeepLab's train_aug.txt lines are "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png"."""
+    root = voc / "VOCdevkit" / "VOC2012"
+    (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text(
+        "".join(f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png\n" for i in AUG_ONLY + TRAIN))
+    assert split_ids(root)["train_aug"] == sorted(AUG_ONLY + TRAIN)

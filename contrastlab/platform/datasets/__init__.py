@@ -4,7 +4,9 @@
     paths.splits["train"]   # ['.../shapes-captions-1a2b3c4d5e/train-00000.tar', ...]
     paths.meta["zero_shot"]
 
-A dataset is generated into `<cache>/<name>-<hash of (name, seed, params, generator version)>/`
+A dataset is generated into `<cache>/<name>-<hash of (name, seed, params, generator version, layout)>/`
+(plus, for generators that read machine-dependent inputs, the `sources` their `DatasetSpec.resolve`
+hook names: the backend or data file actually used, e.g. a content digest of Fashion-MNIST),
 where the cache is `cache_dir`, else `$CONTRASTLAB_CACHE`, else `~/.cache/contrastlab/datasets`.
 Generation happens in a hidden temporary sibling that is renamed into place only once every
 shard, manifest and `meta.json` is written, so a crash never leaves a half dataset that a later
@@ -103,10 +105,13 @@ def _resolve_params(spec: DatasetSpec, params: dict[str, Any]) -> dict[str, Any]
     return resolved
 
 
-def _dataset_hash(name: str, seed: int, params: dict, version: int) -> str:
+def _dataset_hash(name: str, seed: int, params: dict, version: int, sources: dict | None = None) -> str:
     from ._common import SHARD_LAYOUT
 
-    blob = json.dumps({"name": name, "seed": seed, "params": params, "version": version, "layout": SHARD_LAYOUT}, sort_keys=True)
+    key = {"name": name, "seed": seed, "params": params, "version": version, "layout": SHARD_LAYOUT}
+    if sources:  # only when a spec's resolve hook names its inputs: other datasets keep their keys
+        key["sources"] = sources
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -118,8 +123,11 @@ def ensure_dataset(name: str, *, seed: int = 0, cache_dir: str | os.PathLike | N
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     spec = _REGISTRY[name]
     resolved = _resolve_params(spec, params)
+    sources: dict[str, Any] = {}
+    if spec.resolve is not None:  # machine-dependent inputs ("auto" backends, data files) become part of the key
+        resolved, sources = spec.resolve(resolved)
     cache = (pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()).absolute()
-    final_dir = cache / f"{name}-{_dataset_hash(name, seed, resolved, spec.version)}"
+    final_dir = cache / f"{name}-{_dataset_hash(name, seed, resolved, spec.version, sources)}"
     if (final_dir / "meta.json").is_file():
         return load_dataset_paths(final_dir)
 
@@ -127,7 +135,8 @@ def ensure_dataset(name: str, *, seed: int = 0, cache_dir: str | os.PathLike | N
     log(f"contrastlab: generating dataset {name} (seed={seed}, {resolved}) into {final_dir}")
     try:
         splits, meta = spec.generate(tmp_dir, seed=seed, **resolved)
-        meta = {"description": spec.description, "seed": seed, "params": resolved, "version": spec.version, **meta}
+        meta = {"description": spec.description, "seed": seed, "params": resolved, "version": spec.version,
+                **({"sources": sources} if sources else {}), **meta}
         return finalize_dataset(tmp_dir, final_dir, name, splits, meta)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

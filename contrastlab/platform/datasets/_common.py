@@ -3,6 +3,8 @@ progress lines, array resizing and English articles.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,13 @@ class DatasetSpec:
     generate: GenerateFn
     version: int = 1
     choices: Mapping[str, tuple] = field(default_factory=dict)  # param -> allowed values
+    # Optional hook for generators whose bytes depend on the machine: resolve(params) -> (params, sources),
+    # run on the checked params before the cache key is computed. It returns the params with machine-dependent
+    # choices made concrete (audio="auto" -> the backend found), which are hashed, passed to `generate` and
+    # recorded in meta["params"], and `sources`: a JSON-able dict naming the external inputs actually used
+    # (a short content digest of a data file, "fallback"), hashed into the cache key and recorded in
+    # meta["sources"]. Without it, two machines could share a cache key for different bytes.
+    resolve: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]] | None = None
 
 
 def sample_key(index: int) -> str:
@@ -122,6 +131,23 @@ def fill_prompts(templates: list[str], classnames: list[str]) -> list[list[str]]
             row.append(text)
         prompts.append(row)
     return prompts
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(*paths: str | os.PathLike) -> str:
+    """Short sha256 (12 hex digits) of the files' contents, for cache keys (`DatasetSpec.resolve`).
+    Memoised per (path, size, mtime), so asking again in the same process costs a stat per file."""
+    stats = tuple((str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths)
+    if stats not in _DIGESTS:
+        h = hashlib.sha256()
+        for p in paths:
+            with open(p, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        _DIGESTS[stats] = h.hexdigest()[:12]
+    return _DIGESTS[stats]
 
 
 def log(message: str) -> None:

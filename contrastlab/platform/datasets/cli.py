@@ -34,14 +34,22 @@ def _parse_params(name: str, pairs: list[str]) -> dict:
             raise ValueError(f"expected key=value, got {pair!r}")
         default = defaults.get(key)
         if isinstance(default, bool):
-            params[key] = raw.lower() in ("1", "true", "yes")
-        elif isinstance(default, int):
-            params[key] = int(raw)
-        elif isinstance(default, float):
-            params[key] = float(raw)
+            flag = raw.strip().lower()
+            if flag not in _BOOL_TEXT:  # anything else used to mean False silently
+                raise ValueError(f"parameter {key}={raw!r}: expected true/false, 1/0 or yes/no")
+            params[key] = _BOOL_TEXT[flag]
+        elif isinstance(default, (int, float)):
+            kind = "an integer" if isinstance(default, int) else "a number"
+            try:
+                params[key] = type(default)(raw)
+            except ValueError:
+                raise ValueError(f"parameter {key}={raw!r}: expected {kind} (default {default!r})") from None
         else:
             params[key] = raw  # unknown keys pass through so ensure_dataset names the valid ones
     return params
+
+
+_BOOL_TEXT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _summary(paths) -> str:
@@ -86,11 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     reid.add_argument("--image-size", type=int, nargs=2, default=(256, 128), metavar=("H", "W"))
     reid.add_argument("--seed", type=int, default=0)
     reid.add_argument("--overwrite", action="store_true")
-    hsi = kinds.add_parser("hsi", help="Indian Pines / Pavia University / Salinas .mat cube + ground truth -> patch shards")
+    hsi = kinds.add_parser("hsi", help="Indian Pines / Pavia University / Pavia Centre / Salinas .mat cube + ground truth -> patch shards")
     hsi.add_argument("cube")
     hsi.add_argument("gt")
     hsi.add_argument("out")
-    hsi.add_argument("--scene", default=None, help="indian_pines | pavia_university | salinas (default: guessed from the file name)")
+    hsi.add_argument("--scene", default=None,
+                     help="indian_pines | pavia_university | pavia_centre | salinas (default: guessed from the file name)")
+    hsi.add_argument("--cube-key", default=None, help="the cube's variable name in the .mat file (default: the scene's usual one)")
+    hsi.add_argument("--gt-key", default=None, help="the ground truth's variable name in the .mat file")
     hsi.add_argument("--patch-size", type=int, default=15)
     hsi.add_argument("--train-per-class", type=float, default=10, help=">= 1: labelled pixels per class; < 1: a fraction")
     hsi.add_argument("--seed", type=int, default=0)
@@ -110,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--max-frames", type=int, default=0)
     video.add_argument("--test-fraction", type=float, default=0.0)
     video.add_argument("--on-error", default="raise", choices=("raise", "skip"))
+    video.add_argument("--seed", type=int, default=0, help="seeds the test-fraction split and the order samples are written in")
     video.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             from .video_folder import convert_video_folder
 
             paths = convert_video_folder(args.src, args.out, layout=args.layout, fold=args.fold, short_side=args.short_side,
-                                         max_frames=args.max_frames, test_fraction=args.test_fraction,
+                                         max_frames=args.max_frames, test_fraction=args.test_fraction, seed=args.seed,
                                          on_error=args.on_error, overwrite=args.overwrite)
             print(_summary(paths))
         elif args.kind == "voc":
@@ -159,9 +171,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.kind == "hsi":
             from .hsi import convert_hsi
 
-            per_class = int(args.train_per_class) if args.train_per_class >= 1 else args.train_per_class
-            paths = convert_hsi(args.cube, args.gt, args.out, scene=args.scene, overwrite=args.overwrite,
-                                patch_size=args.patch_size, train_per_class=per_class, seed=args.seed)
+            per_class = float(args.train_per_class)
+            if per_class >= 1:  # a count: 10.5 must not be truncated to 10 silently
+                if not per_class.is_integer():
+                    raise ValueError(f"--train-per-class {per_class:g}: a count (>= 1) must be a whole number; "
+                                     f"a fraction of each class must be < 1")
+                per_class = int(per_class)
+            try:
+                paths = convert_hsi(args.cube, args.gt, args.out, scene=args.scene, cube_key=args.cube_key, gt_key=args.gt_key,
+                                    overwrite=args.overwrite, patch_size=args.patch_size, train_per_class=per_class, seed=args.seed)
+            except KeyError as exc:  # a .mat variable that cannot be identified: the message names the file and --cube/gt-key
+                raise ValueError(exc.args[0] if exc.args else str(exc)) from None
+            except NotImplementedError as exc:  # a MATLAB v7.3 .mat file: the message names it and how to re-save it
+                raise ValueError(str(exc)) from None
             print(_summary(paths))
         elif args.kind == "cub":
             paths = convert_cub(args.src, args.out, crop_to_bbox=args.crop_to_bbox, bbox_margin=args.bbox_margin,

@@ -13,7 +13,8 @@ Output: `train-*.tar`, `test-*.tar` (+ manifests and `meta.json`) in `out_dir`. 
 `key.jpg` (re-encoded RGB JPEG, optionally cropped to the bounding box and/or resized) and
 `key.json` {label (0-based class), index (= image id - 1), split, class, path (relative, as in
 images.txt), bbox (x, y, w, h in the source image, as in bounding_boxes.txt), image_bbox (the
-box in the written image's pixels), source_size (w, h)}.
+box in the written image's pixels), source_size (w, h)}. Samples are written in a random order
+(fixed seed `SHUFFLE_SEED`), not in images.txt's class-sorted order.
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ from ._common import SHARD_SIZE, with_progress
 from ._paths import DatasetPaths, finalize_dataset, prepare_output_dir
 from contrastlab.platform.data.shards import write_shards
 
+# Samples are written in a random order drawn from this fixed seed (one generator, train then test):
+# images.txt is sorted by class and training shuffles only shard files plus a small buffer, so class-
+# sorted shards would give batches of 1-3 classes. `index` stays image id - 1.
+SHUFFLE_SEED = 0
 CUB_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "classes.txt")
 
 
@@ -173,8 +178,10 @@ def convert_cub(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, crop_
     out_dir, tmp_dir = prepare_output_dir(out_dir, overwrite)
     try:
         splits = {}
+        order_rng = np.random.default_rng(SHUFFLE_SEED)
         for split in ("train", "test"):
             chosen = [r for r in records if r["split"] == split]
+            chosen = [chosen[i] for i in order_rng.permutation(len(chosen))]  # not class-sorted (see SHUFFLE_SEED)
 
             def samples(chosen=chosen, split=split):
                 for r in chosen:

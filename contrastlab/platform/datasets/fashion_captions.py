@@ -15,7 +15,7 @@ import numpy as np
 from contrastlab.platform.data.codecs import encode_jpeg
 
 from ._common import DatasetSpec, check_count, fill_prompts, resize_batch, sample_key, with_article, write_split
-from .fashion_mnist import CLASSES, TEST_INDEX_OFFSET, load_subset
+from .fashion_mnist import CLASSES, TEST_INDEX_OFFSET, load_subset, resolve_fashion_sources
 
 # zero-shot class names, index = label
 CLASSNAMES = ["t-shirt", "pair of trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
@@ -84,4 +84,5 @@ SPEC = DatasetSpec(
     defaults={"n_train": 10000, "n_test": 2000, "image_size": 32, "resize": "bilinear"},
     choices={"resize": ("bilinear", "nearest")},
     generate=generate,
+    resolve=resolve_fashion_sources,  # the Fashion-MNIST files read are part of the cache key
 )

@@ -2,6 +2,8 @@
 
 `load_fashion_mnist(split)` reads the gzipped idx files that the package installs under
 /usr/share/datasets/fashion-mnist/ (override with $CONTRASTLAB_FASHION_MNIST_DIR or `root=`).
+The embedded datasets built from them key their cache on a digest of the files read
+(`fashion_mnist_digest`), so another folder's files never reuse a dataset made from these.
 
 `fashion-mnist`: labelled 28 px grey JPEGs for clustering / self-supervised methods;
 train = the first n_train images of the official train set (default all 60,000), test = the
@@ -20,7 +22,7 @@ import numpy as np
 
 from contrastlab.platform.data.codecs import encode_jpeg
 
-from ._common import DatasetSpec, check_count, resize_batch, sample_key, write_split
+from ._common import DatasetSpec, check_count, file_digest, resize_batch, sample_key, write_split
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -65,6 +67,23 @@ def load_fashion_mnist(split: str, root: str | os.PathLike | None = None) -> tup
     return images.copy(), labels  # copy: frombuffer views are read-only
 
 
+def fashion_mnist_digest(splits=("train", "test"), root: str | os.PathLike | None = None) -> str:
+    """Short content digest of the idx files of `splits` (what $CONTRASTLAB_FASHION_MNIST_DIR or the
+    Debian package provides), for the cache keys of the datasets built from them. Raises
+    FileNotFoundError (with the install hint) when one is missing."""
+    base = Path(root) if root is not None else fashion_mnist_dir()
+    files = [base / f"{_FILE_PREFIX[s]}-{kind}-idx{dim}-ubyte.gz" for s in splits for kind, dim in (("images", 3), ("labels", 1))]
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"Fashion-MNIST file {path} not found: the Debian package dataset-fashion-mnist provides it; {_INSTALL_HINT}")
+    return file_digest(*files)
+
+
+def resolve_fashion_sources(params: dict) -> tuple[dict, dict]:
+    """`DatasetSpec.resolve` of the datasets built from Fashion-MNIST: the files read are part of the cache key."""
+    return params, {"fashion_mnist": fashion_mnist_digest()}
+
+
 def load_subset(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     check_count(f"n_{split}", n, 0, OFFICIAL_SIZES[split])
     images, labels = load_fashion_mnist(split)
@@ -96,4 +115,5 @@ SPEC = DatasetSpec(
     defaults={"n_train": 60000, "n_test": 10000, "image_size": 28, "resize": "bilinear", "jpeg_quality": 95},
     choices={"resize": ("bilinear", "nearest")},
     generate=generate,
+    resolve=resolve_fashion_sources,  # $CONTRASTLAB_FASHION_MNIST_DIR may point at other files: key on their digest
 )

@@ -14,8 +14,11 @@ Per product (a Fashion-MNIST item, its class = the category):
   pan, zoom or rotation;
 - `key.wav`: "colour class" spoken by `espeak-ng` when it is installed (synthesised once per
   unique phrase, cached) else a class- and colour-dependent tone sequence; meta["audio_source"]
-  records which. With probability `noise_audio` the track is pure white noise instead
-  (json "audio_noise": true): present but uninformative, the case SCALE should down-weight;
+  records which (`ensure_dataset` turns audio="auto" into "espeak" or "tones" before computing the
+  cache key, so the key names the backend; the audio's random jitter has its own per-sample
+  generator, so every other member is the same whichever backend made the audio). With
+  probability `noise_audio` the track is pure white noise instead (json "audio_noise": true):
+  present but uninformative, the case SCALE should down-weight;
 - `key.json`: {"index", "split", "category", "label", "class", "attributes", "has_<modality>",
   "audio_noise", "motion"}.
 Each of image, text, table, video and audio is absent (no member at all, `has_<m>` false) with
@@ -25,6 +28,7 @@ train = the first n_train official train images, test = the first n_test officia
 """
 from __future__ import annotations
 
+import functools
 import io
 import shutil
 import subprocess
@@ -36,7 +40,7 @@ from contrastlab.platform.data.codecs import encode_jpeg
 
 from ._common import DatasetSpec, check_count, log, resize_batch, sample_key, write_split
 from .fashion_captions import CLASSNAMES, SYNONYMS
-from .fashion_mnist import CLASSES, TEST_INDEX_OFFSET, load_subset
+from .fashion_mnist import CLASSES, TEST_INDEX_OFFSET, fashion_mnist_digest, load_subset
 
 MODALITY_NAMES = ("image", "text", "table", "video", "audio")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -206,11 +210,14 @@ def _samples(split, images, labels, first_index, rng, speaker, p):
         has = {m: bool(rng.random() >= p[f"missing_{m}"]) for m in MODALITY_NAMES}
         audio_noise = bool(rng.random() < p["noise_audio"])
         motion = MOTIONS[rng.integers(len(MOTIONS))]
+        # the audio draws come from their own per-sample generator: espeak waves and tones differ in length,
+        # so drawing their jitter from `rng` made every later product depend on the audio backend
+        audio_rng = np.random.default_rng(int(rng.integers(0, 2**63 - 1)))
         product = render_product(grey, attrs)
         title = make_title(attrs, label, p["contradiction"], rng)
         pairs = make_table(attrs, p["table_drop"], p["contradiction"], rng)
         clip = make_clip(product, motion, p["frames"], p["video_size"], rng)
-        wave = speaker.noise(rng) if audio_noise else speaker(label, attrs["colour"], rng)
+        wave = speaker.noise(audio_rng) if audio_noise else speaker(label, attrs["colour"], audio_rng)
         fields: dict[str, object] = {}
         if has["image"]:
             fields["jpg"] = encode_jpeg(product, quality=95)
@@ -228,6 +235,29 @@ def _samples(split, images, labels, first_index, rng, speaker, p):
             "audio_noise": audio_noise if has["audio"] else None, "motion": motion if has["video"] else None,
         }
         yield sample_key(index), fields
+
+
+@functools.lru_cache(maxsize=None)
+def _espeak_version(path: str) -> str:
+    try:
+        out = subprocess.run([path, "--version"], check=True, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return " ".join(out.split()[:4])  # "eSpeak NG text-to-speech: 1.51"
+
+
+def resolve_audio(params: dict) -> tuple[dict, dict]:
+    """`DatasetSpec.resolve`: audio="auto" becomes the backend this machine will use ("espeak" when
+    espeak-ng is installed, else "tones"), so the cache key names it; sources = the Fashion-MNIST files'
+    digest and, for espeak, its version (its voices change the waves)."""
+    audio = params["audio"]
+    espeak = shutil.which("espeak-ng")
+    if audio == "auto":
+        audio = "espeak" if espeak else "tones"
+    sources = {"fashion_mnist": fashion_mnist_digest()}
+    if audio == "espeak" and espeak:
+        sources["espeak"] = _espeak_version(espeak)
+    return {**params, "audio": audio}, sources
 
 
 def _check_prob(name: str, value) -> float:
@@ -281,4 +311,8 @@ SPEC = DatasetSpec(
     },
     choices={"audio": AUDIO_SOURCES},
     generate=generate,
+    resolve=resolve_audio,
+    # v2: each sample's audio jitter comes from its own generator, so images, titles, tables and clips no
+    # longer depend on the audio backend (espeak waves consumed the shared stream differently from tones)
+    version=2,
 )

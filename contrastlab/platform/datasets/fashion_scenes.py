@@ -28,11 +28,12 @@ from PIL import Image
 from contrastlab.platform.data.codecs import encode_jpeg, encode_png
 
 from ._common import DatasetSpec, check_count, sample_key, write_split
-from .fashion_mnist import load_fashion_mnist
+from .fashion_mnist import load_fashion_mnist, resolve_fashion_sources
 
 # (name, Fashion-MNIST label); consecutive entries form the co-occurring pairs
 CLASS_SET = [("T-shirt/top", 0), ("Trouser", 1), ("Sneaker", 7), ("Bag", 8), ("Dress", 3), ("Ankle boot", 9)]
 IGNORE = 255
+MAX_TRIES = 1000  # scenes composed before giving up on one that tags a class (min_visible / mask_threshold unreachable)
 
 
 def partner(c: int) -> int:
@@ -77,8 +78,9 @@ def compose_scene(rng: np.random.Generator, pools: list[tuple[np.ndarray, np.nda
     """One scene: (uint8 image (S, S, 3), uint8 mask (S, S), sorted 1-based labels, item records).
 
     pools[c] = (Fashion-MNIST images of class c, their indices in the official split).
+    A scene where no class keeps min_visible pixels is redrawn, at most MAX_TRIES times.
     """
-    while True:
+    for _ in range(MAX_TRIES):  # bounded: impossible settings must fail, not spin forever
         n_items = int(rng.integers(min_items, max_items + 1))
         first = int(rng.integers(n_classes))
         classes = [first]
@@ -113,6 +115,9 @@ def compose_scene(rng: np.random.Generator, pools: list[tuple[np.ndarray, np.nda
             mask[owner == item_id] = c if c in labels else IGNORE
         if labels:
             return np.clip(image, 0, 255).astype(np.uint8), mask, labels, items
+    raise ValueError(f"no scene out of {MAX_TRIES} left any class with min_visible={min_visible} pixels above "
+                     f"mask_threshold={mask_threshold} (items {item_min}-{item_max} px, {min_items}-{max_items} per image): "
+                     f"lower min_visible or mask_threshold, or enlarge the items")
 
 
 def _class_pools(split: str, n_classes: int):
@@ -135,7 +140,8 @@ def generate(out_dir: Path, *, seed: int, n_train: int, n_val: int, image_size: 
     check_count("item_min", item_min, 4, image_size)
     check_count("item_max", item_max, item_min, image_size)
     check_count("mask_threshold", mask_threshold, 0, 254)
-    check_count("min_visible", min_visible, 1)
+    # a class's visible pixels lie inside its items' squares and the canvas: more can never be visible
+    check_count("min_visible", min_visible, 1, min(image_size * image_size, max_items * item_max * item_max))
     check_count("jpeg_quality", jpeg_quality, 1, 100)
     if not 0.0 <= pair_prob <= 1.0:
         raise ValueError(f"pair_prob must lie in [0, 1], got {pair_prob}")
@@ -188,4 +194,5 @@ SPEC = DatasetSpec(
               "item_min": 28, "item_max": 44, "mask_threshold": 40, "min_visible": 16, "texture_contrast": 0.5, "train_masks": False, "jpeg_quality": 95},
     choices={"n_classes": (2, 4, 6)},
     generate=generate,
+    resolve=resolve_fashion_sources,  # the Fashion-MNIST files read are part of the cache key
 )

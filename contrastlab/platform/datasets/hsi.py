@@ -1,5 +1,5 @@
 """Hyperspectral scenes -> patch shards, and the converter from the Indian Pines / Pavia University /
-Salinas `.mat` layout.
+Pavia Centre / Salinas `.mat` layout.
 
 Shard schema (DESIGN §3, hyperspectral patch): `key.npy` = float16 patch (bands, w, w) centred on a
 pixel (centre at [w//2, w//2]), `key.json` = {label, row, col, index, scene, labelled, split}.
@@ -43,6 +43,10 @@ KNOWN_SCENES: dict[str, dict] = {
         "classes": ["Alfalfa", "Corn-notill", "Corn-mintill", "Corn", "Grass-pasture", "Grass-trees", "Grass-pasture-mowed",
                     "Hay-windrowed", "Oats", "Soybean-notill", "Soybean-mintill", "Soybean-clean", "Wheat", "Woods",
                     "Buildings-Grass-Trees-Drives", "Stone-Steel-Towers"],
+    },
+    "pavia_centre": {  # Pavia.mat / Pavia_gt.mat (1096 x 715 after the usual crop, 102 bands)
+        "cube_keys": ("pavia",), "gt_keys": ("pavia_gt",),
+        "classes": ["Water", "Trees", "Asphalt", "Self-Blocking Bricks", "Bitumen", "Tiles", "Shadows", "Meadows", "Bare Soil"],
     },
     "pavia_university": {
         "cube_keys": ("paviaU",), "gt_keys": ("paviaU_gt",),
@@ -108,8 +112,10 @@ def per_class_count(n_class: int, train_per_class: float, cap_half: bool = True)
     """Training pixels drawn from a class of n_class pixels.
 
     train_per_class >= 1: that many (an integer count); 0 < train_per_class < 1: that fraction,
-    rounded, at least 1. With cap_half, never more than half the class (Indian Pines has classes of
-    20-46 pixels; ContrastNet protocol, card §f/§i), so a test pixel always remains.
+    rounded, at least 1. With cap_half, a class with FEWER pixels than that count gives half of
+    them, rounded down (card cvp.md §f: "for a class with < n pixels take half of it"; Indian Pines
+    has classes of 20-46 pixels); every other class gives exactly n (checklist §h.7), even when
+    that leaves it fewer test pixels than training ones (a class of exactly n pixels: none).
     """
     if train_per_class <= 0:
         raise ValueError(f"train_per_class must be > 0 (a count >= 1 or a fraction < 1), got {train_per_class}")
@@ -119,8 +125,8 @@ def per_class_count(n_class: int, train_per_class: float, cap_half: bool = True)
         n = int(train_per_class)
     else:
         n = max(1, int(round(train_per_class * n_class)))
-    if cap_half:
-        n = min(n, n_class // 2)
+    if cap_half and n_class < n:  # only classes smaller than n are halved (was: every class below 2n)
+        n = n_class // 2
     return min(n, n_class)
 
 
@@ -214,15 +220,28 @@ def _pick(mat: dict, keys: Sequence[str], ndim: int, what: str, path) -> np.ndar
     if len(candidates) == 1:
         return candidates[0]
     raise KeyError(f"{path}: cannot tell which variable is the {what} (tried {list(keys)}; variables: "
-                   f"{ {k: v.shape for k, v in arrays.items()} }); pass {what}_key=")
+                   f"{ {k: v.shape for k, v in arrays.items()} }); pass {what}_key= (command line: --{what}-key NAME)")
+
+
+def _loadmat(path) -> dict:
+    """scipy.io.loadmat, with a v7.3 (HDF5) file named in the error and the way out."""
+    import scipy.io
+
+    try:
+        return scipy.io.loadmat(str(path))
+    except NotImplementedError:  # scipy: "Please use HDF reader for matlab v7.3 files"
+        raise NotImplementedError(f"{path} is a MATLAB v7.3 (HDF5) .mat file, which scipy.io cannot read: re-save it as v7 "
+                                  f"(MATLAB: save(name, var, '-v7')) or read it with h5py and write it with scipy.io.savemat") from None
 
 
 def guess_scene(path: str | os.PathLike) -> str | None:
     name = Path(path).name.lower()
     if "indian" in name:
         return "indian_pines"
-    if "pavia" in name:
+    if "paviau" in name or "pavia_u" in name or "pavia_university" in name or "paviauniversity" in name:
         return "pavia_university"
+    if "pavia" in name:  # Pavia.mat / Pavia_gt.mat / PaviaC: Pavia Centre, a different scene with other classes
+        return "pavia_centre"
     if "salinas" in name:
         return "salinas"
     return None
@@ -231,10 +250,8 @@ def guess_scene(path: str | os.PathLike) -> str | None:
 def load_hsi_mat(cube_path: str | os.PathLike, gt_path: str | os.PathLike, *, cube_key: str | None = None,
                  gt_key: str | None = None, scene: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read the public (cube, ground truth) .mat pair: cube (H, W, B) float, gt (H, W) int (0 = unlabelled)."""
-    import scipy.io
-
     known = KNOWN_SCENES.get(scene or guess_scene(cube_path) or "", {})
-    cube_mat, gt_mat = scipy.io.loadmat(str(cube_path)), scipy.io.loadmat(str(gt_path))
+    cube_mat, gt_mat = _loadmat(cube_path), _loadmat(gt_path)
     cube = _pick(cube_mat, [cube_key] if cube_key else known.get("cube_keys", ()), 3, "cube", cube_path)
     gt = _pick(gt_mat, [gt_key] if gt_key else known.get("gt_keys", ()), 2, "gt", gt_path)
     if gt.shape != cube.shape[:2]:

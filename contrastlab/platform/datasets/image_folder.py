@@ -2,14 +2,17 @@
 
 Accepted layouts, checked in this order:
 1. `split_files={"train": "train.txt", "test": "test.txt"}`: each file lists image paths
-   relative to `src_dir`, one per line; the class is the image's parent folder name.
+   relative to `src_dir`, one per line (normalised: `./cls/a.jpg` = `cls/a.jpg`; an image listed
+   twice is refused); the class is the image's parent folder name.
 2. `src_dir/<split>/<class>/<image>` where every sub-folder of src_dir is one of train, val,
-   test (ImageNet style).
+   test (ImageNet style); a split folder with images outside class folders (a flat val/) or no
+   class folder at all is refused, not skipped.
 3. `src_dir/<class>/<image>`: one split "train", or, with `test_fraction > 0`, a stratified
    train/test split (sklearn train_test_split, random_state=seed).
 
 Classes are the sorted folder names (label = position). `index` is the position of the image's
 relative path in the sorted list of all images, so it does not depend on the split assignment.
+Each split's samples are written in a random order drawn from `seed` (not class by class).
 Members: `key.jpg` (re-encoded RGB JPEG, optionally resized) and `key.json` {label, index,
 split, class, path}.
 """
@@ -42,22 +45,33 @@ def _class_dirs(folder: Path) -> list[Path]:
 def _collect(src: Path, split_files, test_fraction: float, seed: int, extensions) -> list[tuple[str, str, str]]:
     """(relative path, class name, split) for every image."""
     if split_files:
-        items = []
+        items, listed = [], {}  # listed: normalised path -> (split file, line)
         for split, list_file in split_files.items():
             list_path = Path(list_file) if Path(list_file).is_absolute() else src / list_file
             if not list_path.is_file():
                 raise FileNotFoundError(f"split file {list_path} for split {split!r} not found")
-            for line in list_path.read_text().splitlines():
-                rel = line.strip()
-                if rel:
-                    if not (src / rel).is_file():
-                        raise FileNotFoundError(f"{list_path}: listed image {src / rel} not found")
-                    items.append((rel, Path(rel).parent.name, split))
+            for lineno, line in enumerate(list_path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                rel = os.path.normpath(line.strip())  # "./cls/a.jpg" and "cls/a.jpg" are the same image
+                if not (src / rel).is_file():
+                    raise FileNotFoundError(f"{list_path}: listed image {src / rel} not found")
+                if rel in listed:
+                    raise ValueError(f"{list_path}:{lineno}: image {rel} is already listed in {listed[rel]} "
+                                     f"(an image belongs to one split, once)")
+                listed[rel] = f"{list_path}:{lineno}"
+                items.append((rel, Path(rel).parent.name, split))
         return items
     subdirs = _class_dirs(src)
     if not subdirs:
         raise ValueError(f"{src} has no class sub-folders (expected {src}/<class>/<image> or {src}/<split>/<class>/<image>)")
     if all(d.name in SPLIT_DIRS for d in subdirs):
+        for s in subdirs:  # a split folder without class folders (e.g. ImageNet's flat val/) would vanish silently
+            loose = [p for p in s.iterdir() if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")]
+            if loose or not _class_dirs(s):
+                raise ValueError(f"split folder {s} " + (f"holds {len(loose)} image(s) outside class sub-folders" if loose else
+                                 "has no class sub-folders") + f": expected {src}/<split>/<class>/<image> (for a flat "
+                                 "folder such as ImageNet's val/, sort its images into class folders or pass split_files=)")
         return [(str(p.relative_to(src)), c.name, s.name) for s in subdirs for c in _class_dirs(s) for p in _images_under(c, extensions)]
     items = [(str(p.relative_to(src)), c.name, "train") for c in subdirs for p in _images_under(c, extensions)]
     if test_fraction > 0:
@@ -118,8 +132,11 @@ def convert_image_folder(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
     out_dir, tmp_dir = prepare_output_dir(out_dir, overwrite)
     try:
         splits = {}
+        order_rng = np.random.default_rng(seed)
         for split in split_order:
             chosen = sorted((index_of[rel], rel, c) for rel, c, s in items if s == split)
+            # seeded random order, not class-sorted: training shuffles only shard files plus a small buffer
+            chosen = [chosen[i] for i in order_rng.permutation(len(chosen))]
 
             def samples(chosen=chosen, split=split):
                 for index, rel, cls in chosen:

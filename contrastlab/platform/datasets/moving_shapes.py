@@ -9,7 +9,7 @@ U(-noise, noise) (in [0, 1] units) on every pixel.
 Backgrounds come from six families of real textures: family f takes its luminance texture from
 a random crop of a real photo (scikit-learn's `load_sample_images`: china.jpg for f = 0, 3,
 flower.jpg for f = 1, 4) or a 2x2 tile of real Fashion-MNIST items (f = 2, 5; falls back to a
-smooth random texture if the Debian package is missing), tinted with the family's colour
+smooth random texture if the Debian package is missing: the cache key records which), tinted with the family's colour
 (hues 0, 60, ..., 300 degrees).
 
 Splits: `train`: background family = class with probability `bg_correlation` (else one of the
@@ -57,6 +57,19 @@ def _texture_sources(seed: int) -> list[np.ndarray]:
         rng = np.random.default_rng(seed)
         items = np.clip(rng.normal(0.5, 0.25, (2000, 7, 7)).repeat(4, 1).repeat(4, 2), 0, 1).astype(np.float32)
     return photos + [items]
+
+
+def resolve_sources(params: dict) -> tuple[dict, dict]:
+    """`DatasetSpec.resolve`: the family 2/5 textures come from Fashion-MNIST's test images when they are
+    installed, else from the smooth random fallback; which one (a digest of the files, or "fallback") is
+    part of the cache key. (Files present but unreadable also give the fallback: same digest, same bytes.)"""
+    from .fashion_mnist import fashion_mnist_digest
+
+    try:
+        digest = fashion_mnist_digest(("test",))
+    except FileNotFoundError:
+        digest = "fallback"
+    return params, {"fashion_mnist_test": digest}
 
 
 def _background(family: int, size: int, sources: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
@@ -172,4 +185,5 @@ SPEC = DatasetSpec(
     defaults={"n_train": 1200, "n_test": 600, "n_frames": 24, "size": 40, "blob_size": 6, "bg_correlation": 0.9,
               "noise": 0.01, "fps": 8, "crf": 18},
     generate=generate,
+    resolve=resolve_sources,
 )

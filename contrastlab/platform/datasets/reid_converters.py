@@ -104,7 +104,11 @@ def read_msmt17(root: str | os.PathLike, include_val: bool = True) -> list[dict]
             fields = line.split()
             if len(fields) != 2:
                 raise ValueError(f"{root / list_name}:{n}: expected '<path> <pid>', got {line!r}")
-            rel, pid = fields[0], int(fields[1])
+            rel = fields[0]
+            try:
+                pid = int(fields[1])
+            except ValueError:
+                raise ValueError(f"{root / list_name}:{n}: pid {fields[1]!r} is not an integer (expected '<path> <pid>')") from None
             name_fields = Path(rel).name.split("_")
             if len(name_fields) < 3 or not name_fields[2].isdigit():
                 raise ValueError(f"{root / list_name}:{n}: cannot read the camera from {rel!r} (expected pid_idx_cam_...)")

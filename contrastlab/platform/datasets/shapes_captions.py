@@ -13,9 +13,10 @@ Splits:
 - `heldout`: one shape per image whose combination never occurs in training (zero-shot
   compositional generalisation).
 
-Held-out combinations: `n_heldout_combos` (default 5 of 24, ~20%) drawn from the seed so that
-each colour loses at most two partners and each shape at most three: every colour and every
-shape still appears in training with other partners.
+Held-out combinations: `n_heldout_combos` (default 5 of 24, ~20%; at most 12) drawn from the seed
+so that each colour loses at most two of its 4 shapes, and each shape loses at most two of its 6
+colours for n_heldout_combos <= 7, three for 8..11 and four for 12: every colour and every shape
+still appears in training with other partners (at least two).
 
 The `label` of a sample is the colour x shape class (colour_id * 4 + shape_id) of its primary
 object: the first in `objects`, which lists large shapes before small ones and is drawn on top.
@@ -106,7 +107,8 @@ def choose_heldout_combos(seed: int, n_combos: int = 5) -> list[int]:
 
     Colours are taken in a seeded order and paired with shapes in a seeded cyclic order, so
     combination i has colour perm_c[i % 6] and shape perm_s[(i + i // 6) % 4]: at most two
-    held-out shapes per colour and three held-out colours per shape, never all partners.
+    held-out shapes per colour; held-out colours per shape at most 2 for n_combos <= 7, 3 for
+    8..11, 4 for 12 (so not "at most three" in general); never all partners.
     """
     check_count("n_heldout_combos", n_combos, 1, MAX_HELDOUT_COMBOS)
     rng = np.random.default_rng([seed, 1_000_003])

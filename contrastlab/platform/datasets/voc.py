@@ -8,6 +8,7 @@ Expected layout (the official VOCtrainval_11-May-2012.tar; `src_dir` may be `VOC
     ImageSets/Segmentation/train.txt    one id per line (1,464), val.txt (1,449), trainval.txt
     SegmentationClassAug/<id>.png       optional (SBD, 10,582 + ...): grey PNG of class indices
     ImageSets/Segmentation/train_aug.txt  optional; without it train_aug = (ids in SegmentationClassAug + train) - val
+                                        (list lines may also be DeepLab's "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png")
     Annotations/<id>.xml                optional; labels of images that have no mask (object names)
 
 Output: one set of shards per split (`train_aug-*.tar`, `train-*.tar`, `val-*.tar`, + manifests and
@@ -50,8 +51,16 @@ def find_voc_root(src_dir: str | os.PathLike) -> Path:
                             f"in {src / 'VOC2012'} or in {src / 'VOCdevkit' / 'VOC2012'}")
 
 
+def _list_id(token: str) -> str:
+    """An id from a list line's first token: "2007_000032", or DeepLab's "/JPEGImages/2007_000032.jpg"."""
+    if "/" in token or Path(token).suffix.lower() in (".jpg", ".jpeg", ".png"):
+        return Path(token).stem
+    return token
+
+
 def _read_ids(path: Path) -> list[str]:
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    """Ids of a split list: one id per line (VOC), or DeepLab's "<image path> <mask path>" lines."""
+    return [_list_id(line.split()[0]) for line in path.read_text().splitlines() if line.strip()]
 
 
 def split_ids(root: Path) -> dict[str, list[str]]:
