@@ -267,7 +267,7 @@ def validate(exp: Experiment) -> None:
         at_least("data", "shuffle_buffer", 0, " (0 = off)"),
         at_least("data", "preprocess_block_mb", 0, " (0 = 128-row blocks)"),
         at_least("data", "preprocess_batch_size", 1),
-        (d.task_output_buffer_mb > 0, f"data.task_output_buffer_mb must be > 0, got {d.task_output_buffer_mb!r}"),
+        at_least("data", "task_output_buffer_mb", 0, " (0 = Ray's default, 2 blocks)"),
         at_least("data", "prefetch_batches", 0),
         at_least("data", "samples_per_epoch", 0, " (0 = from the shard manifest)"),
         at_least("run", "workers", 0, " (0 = run in the driver process, for debugging)"),

@@ -28,8 +28,8 @@ def evaluate_checkpoint(method: str, checkpoint: str, eval_data: str | None = No
     with open(os.path.join(checkpoint, "meta.json")) as fh:
         meta = json.load(fh)
     exp = build_experiment(method, sets=[*(f"method.{k}={json.dumps(v)}" for k, v in meta["method"].items()), *(sets or [])])
-    if eval_data:
-        exp.data.eval = eval_data
+    if eval_data:  # resolved below on its own store: planning only needs the dataset's metadata
+        exp.data.eval = "none"
     plan = plan_data(exp)
     paths, fs = resolve_shards(eval_data) if eval_data else (plan.eval, plan.filesystem)
     cls = get_method(method)

@@ -24,10 +24,13 @@ def _one_store(stores: list[tuple[str, object]]) -> None:
     all take one): refuse patterns on different stores (local disk, s3, gcs, ...) with their names,
     rather than open s3 keys as local paths or local paths through S3."""
     kinds = {pattern: ("local" if fs is None else getattr(fs, "type_name", type(fs).__name__)) for pattern, fs in stores}
-    if len(set(kinds.values())) > 1:
-        raise ConfigError("training and evaluation shards must be on one store; got "
+    remote = [fs for _, fs in stores if fs is not None]
+    # same kind but another configuration (an S3 region, an endpoint_override) is another store too
+    same_config = all(getattr(fs, "equals", lambda other: fs is other)(remote[0]) for fs in remote[1:])
+    if len(set(kinds.values())) > 1 or not same_config:
+        raise ConfigError("training and evaluation shards must be on one store (one filesystem and its options); got "
                           + ", ".join(f"{p!r} ({k})" for p, k in kinds.items())
-                          + ". Copy them to one place (e.g. all on s3://, or all local)")
+                          + ". Copy them to one place (e.g. all on s3:// with the same options, or all local)")
 
 
 def plan_data(exp: Experiment) -> DataPlan:
@@ -70,8 +73,7 @@ def plan_data(exp: Experiment) -> DataPlan:
         stores.append((f"embedded dataset {name}", None))
         if not exp.data.eval:
             eval_paths = ds.splits[splits["eval"]]
-    _one_store(stores)
-    fs = next((f for _, f in stores if f is not None), None)
+    _one_store(stores)  # so the training sources' filesystem (`fs`) reads the evaluation shards too
     train = [p for paths in sources for p in paths]
     try:
         mix = _plan_mix(exp, sources, fs)

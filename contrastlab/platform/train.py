@@ -127,6 +127,7 @@ class StepContext:
     datasets: dict[str, Callable[[], Iterable]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)  # dataset metadata: class names, zero-shot prompts, ...
     data_selection: Any = None  # this epoch's DataSelection from method.train_selection (data/selection.py)
+    has_eval: bool = True  # the run has an evaluation split (False: data.eval=none, or --data without --eval-data)
     _micro: dict[str, int] = field(default_factory=dict)
     _opt_steps: dict[str, int] = field(default_factory=dict)
     _scaled_steps: set = field(default_factory=set)  # optimisers stepped through the fp16 scaler since its update
@@ -525,6 +526,7 @@ def run_epochs(ctx: StepContext, batches: Callable, report: Callable, *, start_e
     """
     method, exp, t_cfg, rank = ctx.method, ctx.exp, ctx.exp.train, ctx.rank
     tb = ctx.tb
+    ctx.has_eval = has_eval  # methods that evaluate from their own hooks (UCR's phase ends) read it
     batches = finishing_views(batches)  # data.photometric=device: views' jitter/grey/blur, batched on ctx.device
     ctx.datasets = {s: (lambda s=s: batches(s)) for s in ("eval", "train_eval")}
     eval_fn = lambda: batches("eval")  # noqa: E731
@@ -567,6 +569,8 @@ def run_epochs(ctx: StepContext, batches: Callable, report: Callable, *, start_e
             step_in_epoch += 1
             if step_in_epoch <= skip_steps:
                 continue  # mid-epoch resume: these steps were done before the stop
+            if t_cfg.max_steps_per_epoch and step_in_epoch > t_cfg.max_steps_per_epoch:
+                break  # a resume that skipped the whole capped epoch (another global batch) trains none of it
             logs = method.train_step(batch, ctx)
             ctx.end_iteration()
             ctx.check_finite({k: v for k, v in logs.items() if k.startswith("loss")})
@@ -701,5 +705,5 @@ def train_loop_per_worker(config: dict) -> None:
 
     skipped = (lambda epoch: ray.get(run_state.skipped_in_epoch.remote(epoch))) if run_state is not None else None
     run_epochs(ctx, batches, report, start_epoch=start_epoch, skip_steps=skip_steps, resumed=checkpoint is not None,
-               on_epoch_begin=on_epoch_begin, skipped_in_epoch=skipped, has_eval="eval" in shards)
+               on_epoch_begin=on_epoch_begin, skipped_in_epoch=skipped, has_eval=shards.get("eval") is not None)
     tb.close()

@@ -231,3 +231,15 @@ def test_a_rank_without_two_rows_joins_the_others_step():
     ctx.world_size = 1
     m._train_step(batch, ctx)
     assert len(calls) == 1  # one process: nothing to join, no step
+
+
+def test_a_run_without_evaluation_data_trains_every_phase(tmp_path):
+    """data.eval=none: the loop skips evaluate(), and UCR's own phase-end evaluation (for the domain x
+    phase table, on epochs the schedule does not evaluate) must not read the missing split either."""
+    from contrastlab.platform.local import run_local
+
+    sets = [s for s in TINY if not s.startswith("train.epochs")]
+    run = run_local("ucr", sets + ["method.epochs_per_domain=2", f"data.cache_dir={tmp_path}", "method.min_samples=2",
+                                   "train.eval_every_epochs=3", "data.eval=none"], quiet=True)
+    assert [h["phase"] for h in run.history] == ["d0", "d0", "d1", "d1"]
+    assert not any("mAP_seen" in h for h in run.history)

@@ -174,3 +174,21 @@ def test_a_mid_epoch_resume_skips_rows_not_batches_when_the_global_batch_changed
         later = build_experiment("clip", sets=[f"train.batch_size={batch_size}"])
         fresh = build_context(later, CountingMethod(), device=torch.device("cpu"))
         assert restore_context(fresh, load_checkpoint_state(str(tmp_path), later)) == (0, skip)
+
+
+def test_a_resume_past_the_capped_epoch_trains_none_of_it(tmp_path):
+    """train.max_steps_per_epoch=2; the checkpoint took 2 batches of 4 (8 rows); resumed with batches of
+    2 it skips 4 batches, which is past the cap: the epoch trains no further batch."""
+    from contrastlab.platform.train import load_checkpoint_state, restore_context, save_checkpoint
+
+    exp = build_experiment("clip", sets=["train.batch_size=4", "train.max_steps_per_epoch=2", "train.epochs=1"])
+    ctx = build_context(exp, CountingMethod(), device=torch.device("cpu"))
+    save_checkpoint(str(tmp_path), ctx, epoch_done=0, step_in_epoch=2, rng_states=[])
+    later = build_experiment("clip", sets=["train.batch_size=2", "train.max_steps_per_epoch=2", "train.epochs=1"])
+    fresh = build_context(later, CountingMethod(), device=torch.device("cpu"))
+    start_epoch, skip = restore_context(fresh, load_checkpoint_state(str(tmp_path), later))
+    assert (start_epoch, skip) == (0, 4)
+    data = [{"x": torch.ones(2, 2)} for _ in range(8)]
+    run_epochs(fresh, lambda split, **kw: iter(data if split == "train" else []), lambda *a, **k: None,
+               start_epoch=start_epoch, skip_steps=skip, resumed=True)
+    assert fresh.step == 0  # the restored step count: nothing trained after the resume

@@ -111,10 +111,25 @@ def test_evaluation_shards_apply_to_embedded_training_data_and_stores_must_match
     assert plan_data(build_experiment("clip", sets=[*sets, f"data.eval={ds.splits['train'][0]}"])).eval == [ds.splits["train"][0]]
     assert plan_data(build_experiment("clip", sets=[*sets, "data.eval=none"])).eval == []
 
-    class S3:
+    class S3:  # pyarrow's FileSystem.equals compares the options (region, endpoint)
         type_name = "s3"
+
+        def __init__(self, endpoint="aws"):
+            self.endpoint = endpoint
+
+        def equals(self, other):
+            return self.endpoint == other.endpoint
 
     _one_store([("a", None), ("b", None)])
     _one_store([("a", S3()), ("b", S3())])
     with pytest.raises(ConfigError, match=r"'s3://b/e.tar' \(s3\)"):
         _one_store([("train-*.tar", None), ("s3://b/e.tar", S3())])
+    with pytest.raises(ConfigError, match="one filesystem and its options"):
+        _one_store([("s3://a/t.tar", S3()), ("s3://b/e.tar?endpoint_override=minio:9000", S3("minio"))])
+
+
+def test_pbt_is_refused_before_ray_with_the_reason(no_ray, tmp_path):
+    from contrastlab.platform.sweep_cli import sweep_main
+
+    with pytest.raises(ConfigError, match="PBT cannot clone"):
+        sweep_main("clip", ["--storage", str(tmp_path), "--scheduler", "pbt"])

@@ -642,7 +642,8 @@ class UCR(nn.Module):
             self._sync_ema_to_online()
         every = ctx.exp.train.eval_every_epochs
         last = sum(n for _, n in self.phases()) - 1
-        if ctx.epoch in self._phase_end_epochs() and not ((ctx.epoch + 1) % every == 0 or ctx.epoch == last):
+        if ctx.epoch in self._phase_end_epochs() and not ((ctx.epoch + 1) % every == 0 or ctx.epoch == last) \
+                and getattr(ctx, "has_eval", True):  # a run without evaluation data has no table to fill
             self.eval()
             with torch.no_grad():
                 self.reid_metrics(ctx)
