@@ -18,12 +18,16 @@ def test_convert_reid_cli(tmp_path, capsys):
     assert "train: 3 samples" in capsys.readouterr().out
 
 
-def test_convert_hsi_cli(tmp_path, capsys):
+def _pavia_u_files(folder) -> list[str]:
+    """A tiny scene saved as PaviaU.mat + PaviaU_gt.mat: the converter's two positional inputs."""
     cube, gt = tiny_scene()
-    scipy.io.savemat(tmp_path / "PaviaU.mat", {"paviaU": cube})
-    scipy.io.savemat(tmp_path / "PaviaU_gt.mat", {"paviaU_gt": gt})
-    rc = main(["convert", "hsi", str(tmp_path / "PaviaU.mat"), str(tmp_path / "PaviaU_gt.mat"), str(tmp_path / "out"),
-               "--patch-size", "3", "--train-per-class", "2"])
+    scipy.io.savemat(folder / "PaviaU.mat", {"paviaU": cube})
+    scipy.io.savemat(folder / "PaviaU_gt.mat", {"paviaU_gt": gt})
+    return [str(folder / "PaviaU.mat"), str(folder / "PaviaU_gt.mat")]
+
+
+def test_convert_hsi_cli(tmp_path, capsys):
+    rc = main(["convert", "hsi", *_pavia_u_files(tmp_path), str(tmp_path / "out"), "--patch-size", "3", "--train-per-class", "2"])
     assert rc == 0 and "pixels:" in capsys.readouterr().out
 
 
@@ -51,11 +55,7 @@ def test_convert_video_cli(tmp_path, capsys):
 
 def test_train_per_class_with_a_fraction_part_is_refused(tmp_path, capsys):
     """--train-per-class 10.5 used to be truncated to 10 silently."""
-    cube, gt = tiny_scene()
-    scipy.io.savemat(tmp_path / "PaviaU.mat", {"paviaU": cube})
-    scipy.io.savemat(tmp_path / "PaviaU_gt.mat", {"paviaU_gt": gt})
-    rc = main(["convert", "hsi", str(tmp_path / "PaviaU.mat"), str(tmp_path / "PaviaU_gt.mat"), str(tmp_path / "out"),
-               "--patch-size", "3", "--train-per-class", "10.5"])
+    rc = main(["convert", "hsi", *_pavia_u_files(tmp_path), str(tmp_path / "out"), "--patch-size", "3", "--train-per-class", "10.5"])
     assert rc == 2 and "--train-per-class 10.5" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
