@@ -63,11 +63,6 @@ def sweep_main(method: str, argv: list[str] | None = None) -> dict:
     add_sweep_flags(p)
     args = p.parse_args(argv)
     exp, method_cls = build_from_args(method, args)  # config errors surface here, before any Ray work
-    if args.scheduler == "pbt":
-        from contrastlab.platform.config import ConfigError
-
-        raise ConfigError("--scheduler pbt is not supported: a trial's Train run keeps and resumes its own checkpoints, "
-                          "which PBT cannot clone between trials; use asha (early stopping, the default) or fifo")
     if exp.data.eval == "none" or (exp.data.train and not exp.data.eval):
         from contrastlab.platform.config import ConfigError
 

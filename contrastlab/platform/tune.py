@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any
 
-from contrastlab.platform.config import Experiment, apply_overrides
+from contrastlab.platform.config import ConfigError, Experiment, apply_overrides
 from contrastlab.platform.runner import init_ray, make_trainer, plan_data, plan_resources, cluster_cpus
 
 
@@ -78,9 +78,9 @@ def build_scheduler(kind: str, metric: str, mode: str, max_t: int, search_space:
         # trial id, refusing a changed config on resume), so PBT's exploit step never had a checkpoint
         # to clone and the sweep was random search in disguise (found in session 19). Refused rather
         # than left silently inert.
-        raise ValueError("scheduler 'pbt' is not supported: a trial's Train run keeps its own checkpoints, which "
-                         "PBT cannot clone between trials; use asha (early stopping) or fifo")
-    raise ValueError(f"unknown scheduler {kind!r}: use asha or fifo")
+        raise ConfigError("scheduler 'pbt' is not supported: a trial's Train run keeps its own checkpoints, which "
+                          "PBT cannot clone between trials; use asha (early stopping) or fifo")
+    raise ConfigError(f"unknown scheduler {kind!r}: use asha or fifo")
 
 
 def run_sweep(
@@ -98,11 +98,12 @@ def run_sweep(
     import ray.tune
     from contrastlab.methods.registry import get_method
 
-    plan_data(exp)  # generate embedded data / refuse bad shard patterns before any Ray work starts
-    init_ray()
     method_cls = get_method(exp.method_name)
     metric, mode = method_cls.eval_metric, getattr(method_cls, "eval_mode", "max")
     space = dict(search_space if search_space is not None else method_cls.search_space(None))
+    trial_scheduler = build_scheduler(scheduler, metric, mode, exp.train.epochs, space)  # refuses pbt before Ray starts
+    plan_data(exp)  # generate embedded data / refuse bad shard patterns before any Ray work starts
+    init_ray()
     cpus = cluster_cpus()
     trial_cpus = max(exp.run.workers, 1) * exp.run.cpus_per_worker + 0.01 + exp.data.preprocess_cpus
     if not max_concurrent:
@@ -129,7 +130,7 @@ def run_sweep(
             param_space=param_space,
             tune_config=ray.tune.TuneConfig(
                 metric=metric, mode=mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
-                scheduler=build_scheduler(scheduler, metric, mode, exp.train.epochs, space),
+                scheduler=trial_scheduler,
                 trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
             ),
             run_config=ray.tune.RunConfig(name=name, storage_path=storage_path,
